@@ -1,0 +1,84 @@
+"""The one builder of Cache-Status (RFC 9211) and Proxy-Status (RFC 9209) values."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class Fwd(enum.Enum):
+    """Why the request went forward (RFC 9211 section 2.2)."""
+
+    BYPASS = "bypass"
+    METHOD = "method"
+    URI_MISS = "uri-miss"
+    VARY_MISS = "vary-miss"
+    MISS = "miss"
+    REQUEST = "request"
+    STALE = "stale"
+    PARTIAL = "partial"
+
+
+@dataclass(frozen=True, slots=True)
+class CacheStatus:
+    hit: bool = False
+    fwd: Fwd | None = None
+    fwd_status: int | None = None
+    stored: bool = False
+    collapsed: bool = False
+    ttl: int | None = None
+    detail: str | None = None
+
+    def render(self, cache_name: str) -> str:
+        parts = [cache_name]
+        if self.hit:
+            parts.append("hit")
+        if self.fwd is not None:
+            parts.append(f"fwd={self.fwd.value}")
+        if self.fwd_status is not None:
+            parts.append(f"fwd-status={self.fwd_status}")
+        if self.stored:
+            parts.append("stored")
+        if self.collapsed:
+            parts.append("collapsed")
+        if self.ttl is not None:
+            parts.append(f"ttl={self.ttl}")
+        if self.detail is not None:
+            parts.append(f"detail={_sf_token_or_string(self.detail)}")
+        return "; ".join(parts)
+
+
+class ProxyError(enum.Enum):
+    """Proxy error types used here (RFC 9209 section 2.3)."""
+
+    DNS_ERROR = "dns_error"
+    DESTINATION_NOT_FOUND = "destination_not_found"
+    DESTINATION_UNAVAILABLE = "destination_unavailable"
+    CONNECTION_REFUSED = "connection_refused"
+    CONNECTION_TIMEOUT = "connection_timeout"
+    CONNECTION_TERMINATED = "connection_terminated"
+    HTTP_RESPONSE_TIMEOUT = "http_response_timeout"
+    HTTP_PROTOCOL_ERROR = "http_protocol_error"
+    HTTP_RESPONSE_INCOMPLETE = "http_response_incomplete"
+    PROXY_INTERNAL_ERROR = "proxy_internal_error"
+
+
+def proxy_status(cache_name: str, error: ProxyError, details: str | None = None) -> str:
+    value = f"{cache_name}; error={error.value}"
+    if details:
+        value += f"; details={_sf_string(details)}"
+    return value
+
+
+def _sf_string(s: str) -> str:
+    cleaned = "".join(c for c in s if " " <= c <= "~")
+    return '"' + cleaned.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _sf_token_or_string(s: str) -> str:
+    ok = (
+        s
+        and (s[0].isalpha() or s[0] == "*")
+        and all(c.isalnum() or c in "!#$%&'*+-.^_`|~:/" for c in s)
+    )
+    return s if ok else _sf_string(s)

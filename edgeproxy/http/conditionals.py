@@ -1,0 +1,78 @@
+"""Preconditions a cache evaluates against a stored response (RFC 9110 section 13).
+
+The cache answers If-None-Match and If-Modified-Since for a usable stored
+response (RFC 9111 section 4.3.2). If-Match and If-Unmodified-Since are
+evaluated the same way against the selected stored response, so a failing one
+gets 412 without troubling the origin; the precedence is section 13.2.2.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from edgeproxy.http.dates import parse_http_date
+from edgeproxy.http.etags import parse_etag, parse_etag_list, strong_match, weak_match
+from edgeproxy.http.fields import Headers
+
+
+class Precondition(enum.Enum):
+    PASS = "pass"  # serve the selected response as is
+    NOT_MODIFIED = "304"
+    FAILED = "412"
+
+
+def has_preconditions(headers: Headers) -> bool:
+    return any(
+        name in headers
+        for name in ("if-match", "if-none-match", "if-modified-since", "if-unmodified-since")
+    )
+
+
+def evaluate(
+    method: str,
+    request: Headers,
+    stored: Headers,
+    stored_time: float,
+) -> Precondition:
+    """Section 13.2.2 steps 1-4 against a stored response's validators.
+
+    `stored_time` stands in for Last-Modified when the stored response has
+    none: its Date, or when it was received (RFC 9111 section 4.3.2).
+    """
+    etag = parse_etag(stored.get("etag"))
+    last_modified = parse_http_date(stored.get("last-modified"))
+
+    # Step 1: If-Match, strong comparison (13.1.1).
+    if_match = request.get("if-match")
+    if if_match is not None:
+        tags = parse_etag_list(if_match)
+        ok = tags is not None and (
+            (tags.any and etag is not None)
+            or (etag is not None and any(strong_match(t, etag) for t in tags.tags))
+        )
+        if not ok:
+            return Precondition.FAILED
+    else:
+        # Step 2: If-Unmodified-Since, only without If-Match (13.1.4).
+        ius = parse_http_date(request.get("if-unmodified-since"))
+        if ius is not None and (last_modified is None or last_modified > ius):
+            return Precondition.FAILED
+
+    # Step 3: If-None-Match, weak comparison (13.1.2).
+    if_none_match = request.get("if-none-match")
+    if if_none_match is not None:
+        tags = parse_etag_list(if_none_match)
+        if tags is not None and (
+            (tags.any) or (etag is not None and any(weak_match(t, etag) for t in tags.tags))
+        ):
+            return Precondition.NOT_MODIFIED if method in ("GET", "HEAD") else Precondition.FAILED
+        return Precondition.PASS
+
+    # Step 4: If-Modified-Since, GET/HEAD only and only without If-None-Match (13.1.3).
+    if method in ("GET", "HEAD"):
+        ims = parse_http_date(request.get("if-modified-since"))
+        if ims is not None:
+            validator = last_modified if last_modified is not None else stored_time
+            if validator <= ims:
+                return Precondition.NOT_MODIFIED
+    return Precondition.PASS

@@ -1,0 +1,133 @@
+"""One decision per request: request + stored candidates + now -> what to do.
+
+The caller looks up the candidates and hands them in; this module never looks
+anything up. `proxy.py` matches on the result and ends in `assert_never`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from edgeproxy.http.cache_control import INVALID, CacheControl
+from edgeproxy.http.cache_status import Fwd
+from edgeproxy.http.conditionals import Precondition, evaluate
+from edgeproxy.http.fields import Headers
+from edgeproxy.http.vary import matches
+from edgeproxy.policy.entry import Entry
+from edgeproxy.policy.freshness import current_age, freshness_lifetime, is_fresh, may_serve_stale
+from edgeproxy.policy.settings import CachePolicy
+from edgeproxy.policy.validation import conditional_request_headers, has_validator
+
+CACHEABLE_METHODS = frozenset({"GET", "HEAD"})
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    method: str
+    headers: Headers
+    cc: CacheControl
+
+
+@dataclass(frozen=True, slots=True)
+class Pass:
+    """Forward without storing (uncacheable method or a bypassed route)."""
+
+    fwd: Fwd
+
+
+@dataclass(frozen=True, slots=True)
+class Fetch:
+    """Nothing usable is stored: forward, and store the answer if storable."""
+
+    fwd: Fwd
+
+
+@dataclass(frozen=True, slots=True)
+class Revalidate:
+    """A stored response must be validated upstream before use (4.3.1)."""
+
+    entry: Entry
+    fwd: Fwd
+    conditional_headers: list[tuple[str, str]]
+
+
+@dataclass(frozen=True, slots=True)
+class Serve:
+    """Answer from the stored response: 200 (or its status), 304 or 412."""
+
+    entry: Entry
+    age: int
+    ttl: int
+    outcome: Precondition
+    stale: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class OnlyIfCachedMiss:
+    """only-if-cached with nothing usable stored: 504 (5.2.1.7)."""
+
+
+Decision = Pass | Fetch | Revalidate | Serve | OnlyIfCachedMiss
+
+
+def select(request: Request, candidates: Sequence[Entry]) -> Entry | None:
+    """Section 4.1: the most recent candidate whose Vary values match."""
+    best: Entry | None = None
+    for entry in candidates:
+        if not matches(request.headers, entry.vary, entry.secondary):
+            continue
+        if best is None or (entry.date, entry.response_time) > (best.date, best.response_time):
+            best = entry
+    return best
+
+
+def decide(
+    request: Request, candidates: Sequence[Entry], policy: CachePolicy, now: float
+) -> Decision:
+    if request.method not in CACHEABLE_METHODS:
+        return Pass(Fwd.METHOD)
+    entry = select(request, candidates)
+    if entry is None:
+        if request.cc.has("only-if-cached"):
+            return OnlyIfCachedMiss()
+        return Fetch(Fwd.VARY_MISS if candidates else Fwd.URI_MISS)
+    return decide_stored(request, entry, policy, now)
+
+
+def decide_stored(request: Request, entry: Entry, policy: CachePolicy, now: float) -> Decision:
+    """Section 4: may the selected response be reused for this request?"""
+    cc = entry.cache_control
+    age = current_age(entry, now)
+    lifetime = freshness_lifetime(entry, policy)
+    fresh = is_fresh(entry, policy, now)
+    must_validate = (cc.has("no-cache") and cc.field_names("no-cache") is None) or request.cc.has(
+        "no-cache"
+    )
+    usable = fresh and not must_validate and _request_limits_ok(request.cc, age, lifetime)
+    stale = False
+    if not usable and not fresh and not must_validate:
+        # A client that accepts staleness (max-stale) may get it (4.2.4).
+        stale = may_serve_stale(entry, request.cc, policy, now)
+        usable = stale
+    if usable:
+        outcome = evaluate(request.method, request.headers, entry.fields, entry.date)
+        return Serve(entry, int(age), int(lifetime - age), outcome, stale)
+    if request.cc.has("only-if-cached"):
+        return OnlyIfCachedMiss()
+    # fwd=request when the client forced it (no-cache, or max-age/min-fresh on
+    # a fresh response); fwd=stale when the stored response itself needs it.
+    client_forced = request.cc.has("no-cache") or (fresh and not must_validate)
+    fwd = Fwd.REQUEST if client_forced else Fwd.STALE
+    if has_validator(entry):
+        return Revalidate(entry, fwd, conditional_request_headers(entry))
+    return Fetch(fwd)
+
+
+def _request_limits_ok(cc: CacheControl, age: float, lifetime: float) -> bool:
+    """Request max-age (5.2.1.1) and min-fresh (5.2.1.3)."""
+    max_age = cc.seconds("max-age")
+    if max_age is not None and (max_age == INVALID or age > max_age):
+        return False
+    min_fresh = cc.seconds("min-fresh")
+    return not (min_fresh is not None and (min_fresh == INVALID or lifetime - age < min_fresh))

@@ -1,0 +1,125 @@
+"""Freshness (RFC 9111 section 4.2) for a shared cache. Every function takes `now`.
+
+Clock skew: apparent_age is clamped at zero and corrected_age_value adds the
+response delay (4.2.3), so a fast origin clock can only make an entry look
+younger by the skew, never negatively aged; entries are never served with a
+negative Age.
+"""
+
+from __future__ import annotations
+
+from edgeproxy.http.cache_control import INVALID, CacheControl
+from edgeproxy.http.dates import parse_http_date
+from edgeproxy.policy.entry import Entry
+from edgeproxy.policy.settings import HEURISTIC_STATUSES, CachePolicy
+
+
+def has_explicit_expiration(cc: CacheControl, fields_expires: str | None) -> bool:
+    return cc.has("s-maxage") or cc.has("max-age") or fields_expires is not None
+
+
+def freshness_lifetime(entry: Entry, policy: CachePolicy) -> float:
+    """Section 4.2.1, first match wins: s-maxage, max-age, Expires - Date, heuristic.
+
+    Route overrides: force_ttl replaces the origin's answer, default_ttl
+    stands in when the origin gives no explicit lifetime, max_ttl caps.
+    """
+    if policy.force_ttl is not None:
+        return policy.force_ttl
+    lifetime = _origin_lifetime(entry, policy)
+    if lifetime is None:
+        lifetime = policy.default_ttl if policy.default_ttl is not None else 0.0
+    if policy.max_ttl is not None:
+        lifetime = min(lifetime, policy.max_ttl)
+    return lifetime
+
+
+def _origin_lifetime(entry: Entry, policy: CachePolicy) -> float | None:
+    cc = entry.cache_control
+    for name in ("s-maxage", "max-age"):
+        v = cc.seconds(name)
+        if v is not None:
+            # An invalid value makes the response stale (4.2.1), not absent.
+            return 0.0 if v == INVALID else float(v)
+    expires_value = entry.fields.get("expires")
+    if expires_value is not None:
+        expires = parse_http_date(expires_value)
+        # Invalid Expires, e.g. "0", means already expired (5.3).
+        return 0.0 if expires is None else max(0.0, expires - entry.date)
+    return heuristic_lifetime(entry, policy)
+
+
+def heuristic_lifetime(entry: Entry, policy: CachePolicy) -> float | None:
+    """Section 4.2.2: a fraction of the time since Last-Modified, capped.
+
+    Only for heuristically cacheable statuses or responses marked public;
+    None when no heuristic applies.
+    """
+    if policy.default_ttl is not None:
+        return None  # the operator's default replaces heuristics
+    if entry.status not in HEURISTIC_STATUSES and not entry.cache_control.has("public"):
+        return None
+    last_modified = parse_http_date(entry.fields.get("last-modified"))
+    if last_modified is None:
+        return None
+    interval = max(0.0, entry.date - last_modified)
+    return min(interval * policy.heuristic_fraction, policy.heuristic_max)
+
+
+def current_age(entry: Entry, now: float) -> float:
+    """Section 4.2.3, all of it: Age received, response delay and resident time."""
+    age_value = _age_value(entry.fields.get("age"))
+    apparent_age = max(0.0, entry.response_time - entry.date)
+    response_delay = max(0.0, entry.response_time - entry.request_time)
+    corrected_age_value = age_value + response_delay
+    corrected_initial_age = max(apparent_age, corrected_age_value)
+    resident_time = max(0.0, now - entry.response_time)
+    return corrected_initial_age + resident_time
+
+
+def _age_value(value: str | None) -> float:
+    # Age = delta-seconds (5.1); an invalid Age is ignored.
+    if value is None:
+        return 0.0
+    v = value.split(",")[0].strip()
+    return float(min(int(v), 2**31)) if v.isascii() and v.isdigit() else 0.0
+
+
+def is_fresh(entry: Entry, policy: CachePolicy, now: float) -> bool:
+    if entry.soft_purged:
+        return False
+    return freshness_lifetime(entry, policy) > current_age(entry, now)
+
+
+def ttl(entry: Entry, policy: CachePolicy, now: float) -> int:
+    """Remaining freshness in whole seconds; negative once stale (RFC 9211 ttl)."""
+    if entry.soft_purged:
+        return min(0, int(freshness_lifetime(entry, policy) - current_age(entry, now)))
+    return int(freshness_lifetime(entry, policy) - current_age(entry, now))
+
+
+def stale_forbidden(cc: CacheControl) -> bool:
+    """Directives that forbid serving this response stale (4.2.4, 5.2.2)."""
+    return (
+        cc.has("must-revalidate")
+        or cc.has("proxy-revalidate")
+        or cc.has("s-maxage")  # implies proxy-revalidate for shared caches (5.2.2.10)
+        or (cc.has("no-cache") and cc.field_names("no-cache") is None)
+    )
+
+
+def may_serve_stale(
+    entry: Entry, request_cc: CacheControl, policy: CachePolicy, now: float
+) -> bool:
+    """A client's max-stale allowance (5.2.1.2) when the response permits stale."""
+    if stale_forbidden(entry.cache_control):
+        return False
+    if not request_cc.has("max-stale"):
+        return False
+    allowance = request_cc.seconds("max-stale")
+    staleness = current_age(entry, now) - freshness_lifetime(entry, policy)
+    if allowance == INVALID:
+        # max-stale without a value: any staleness is acceptable (5.2.1.2).
+        return request_cc.directives["max-stale"] is None
+    assert allowance is not None
+    return staleness <= allowance

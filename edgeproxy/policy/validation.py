@@ -1,0 +1,87 @@
+"""Validation upstream (RFC 9111 section 4.3)."""
+
+from __future__ import annotations
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from edgeproxy.http.dates import format_http_date
+from edgeproxy.http.etags import parse_etag
+from edgeproxy.http.fields import HOP_BY_HOP, Headers, connection_named
+from edgeproxy.policy.entry import Entry
+
+# Client preconditions are evaluated by us after validation; the request we
+# send upstream carries only the cache's own validators (4.3.1). Range is
+# dropped so the origin validates the whole stored response.
+CLIENT_CONDITIONALS = (
+    "if-match",
+    "if-none-match",
+    "if-modified-since",
+    "if-unmodified-since",
+    "if-range",
+    "range",
+)
+
+# Never taken from a 304 into the stored fields (3.2).
+_NOT_UPDATED = frozenset({"content-length", "content-range"}) | HOP_BY_HOP
+
+
+def has_validator(entry: Entry) -> bool:
+    return "etag" in entry.fields or "last-modified" in entry.fields
+
+
+def conditional_request_headers(entry: Entry) -> list[tuple[str, str]]:
+    """If-None-Match from the ETag, If-Modified-Since from Last-Modified (4.3.1)."""
+    out: list[tuple[str, str]] = []
+    etag = entry.fields.get("etag")
+    if etag is not None:
+        out.append(("If-None-Match", etag))
+    last_modified = entry.fields.get("last-modified")
+    if last_modified is not None:
+        out.append(("If-Modified-Since", last_modified))
+    return out
+
+
+def validates(entry: Entry, response: Headers, candidates_count: int = 1) -> bool:
+    """Does this 304 identify `entry` for update? (4.3.4, first match.)"""
+    new = parse_etag(response.get("etag"))
+    old = parse_etag(entry.fields.get("etag"))
+    if new is not None:
+        if not new.weak:
+            return old is not None and not old.weak and old.opaque == new.opaque
+        return old is not None and old.opaque == new.opaque
+    new_lm = response.get("last-modified")
+    if new_lm is not None:
+        return entry.fields.get("last-modified") == new_lm
+    # No validator in the 304: only a lone stored response without validators,
+    # or (as senders often omit them) the one we nominated ourselves.
+    return candidates_count == 1
+
+
+def merge_304(entry: Entry, response: Headers, request_time: float, response_time: float) -> Entry:
+    """Freshen a stored response from a 304 (4.3.4 via 3.2).
+
+    Every field the 304 carries replaces the stored ones of that name, except
+    Content-Length, Content-Range and hop-by-hop fields. Age is dropped unless
+    the 304 sends one: the new timing starts from this exchange. A 304 without
+    Date gets one from its receipt time (RFC 9110 section 6.6.1).
+    """
+    skip = _NOT_UPDATED | connection_named(response)
+    updates: CIMultiDict[str] = CIMultiDict()
+    for name, value in response.items():
+        if name.lower() not in skip:
+            updates.add(name, value)
+    merged: CIMultiDict[str] = CIMultiDict()
+    for name, value in entry.fields.items():
+        lname = name.lower()
+        if lname in updates or lname == "age" or (lname == "date" and "date" not in updates):
+            continue
+        merged.add(name, value)
+    merged.extend(updates)
+    if "date" not in merged:
+        merged["Date"] = format_http_date(response_time)
+    return entry.with_changes(
+        fields=CIMultiDictProxy(merged),
+        request_time=request_time,
+        response_time=response_time,
+        soft_purged=False,
+    )

@@ -1,0 +1,395 @@
+"""The public listener's handler: straight-line glue over one policy decision.
+
+route -> key -> lookup -> decide -> (origin) -> store -> respond. Every RFC
+rule lives in policy/ and http/; this module only moves bytes and matches on
+the decision type.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import assert_never
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from edgeproxy import origin
+from edgeproxy.cachekey import primary_key
+from edgeproxy.errors import EdgeError
+from edgeproxy.forwarding import request_headers, response_headers, storable_fields, via_value
+from edgeproxy.http.cache_control import request_cache_control, response_cache_control
+from edgeproxy.http.cache_status import CacheStatus, Fwd, proxy_status
+from edgeproxy.http.conditionals import Precondition, evaluate
+from edgeproxy.http.dates import format_http_date
+from edgeproxy.http.vary import secondary_key, vary_names
+from edgeproxy.policy.decide import (
+    Fetch,
+    OnlyIfCachedMiss,
+    Pass,
+    Request,
+    Revalidate,
+    Serve,
+    decide,
+)
+from edgeproxy.policy.entry import Entry
+from edgeproxy.policy.freshness import current_age, freshness_lifetime, ttl
+from edgeproxy.policy.invalidation import invalidation_targets
+from edgeproxy.policy.response import not_modified_fields, reuse_fields
+from edgeproxy.policy.storable import storable
+from edgeproxy.policy.validation import CLIENT_CONDITIONALS, merge_304, validates
+from edgeproxy.state import EDGE, EdgeState, Snapshot
+from edgeproxy.store.base import BodyWriter, StoreError
+
+log = logging.getLogger("edgeproxy.proxy")
+
+CHUNK = 65536
+
+
+class UpstreamBroke(Exception):
+    """The origin failed mid-body: the client connection must be aborted."""
+
+
+async def handle(request: web.Request) -> web.StreamResponse:
+    edge = request.app[EDGE]
+    snap = edge.snapshot  # read once: in-flight requests keep their rules
+    host = request.headers.get("Host")
+    if not host:
+        return _text(400, "Bad Request: missing Host header (RFC 9112 section 3.2)\n")
+    if snap.config.origin is None:
+        return _text(502, "No origin configured\n")
+    ctx = _Exchange(request, edge, snap, host)
+    try:
+        return await ctx.run()
+    except EdgeError as e:
+        log.warning("%s %s: %s", request.method, ctx.key, e)
+        return ctx.error_response(e)
+
+
+class _Exchange:
+    """One client request's trip through the cache."""
+
+    def __init__(self, request: web.Request, edge: EdgeState, snap: Snapshot, host: str) -> None:
+        self.request = request
+        self.edge = edge
+        self.snap = snap
+        self.cfg = snap.config
+        self.host = host
+        self.key = primary_key("http", host, request.raw_path)
+        self.req = Request(request.method, request.headers, request_cache_control(request.headers))
+
+    async def run(self) -> web.StreamResponse:
+        method = self.request.method
+        candidates = await self.edge.store.lookup(self.key) if method in ("GET", "HEAD") else []
+        decision = decide(self.req, candidates, self.snap.policy, self.edge.clock())
+        match decision:
+            case Serve():
+                served = await self.serve_stored(decision)
+                if served is not None:
+                    return served
+                return await self.forward(Fwd.URI_MISS, cacheable=True)
+            case Fetch(fwd=fwd):
+                return await self.forward(fwd, cacheable=True)
+            case Revalidate():
+                return await self.revalidate(decision)
+            case Pass(fwd=fwd):
+                return await self.forward(fwd, cacheable=False)
+            case OnlyIfCachedMiss():
+                self.edge.counters["misses"] += 1
+                return self.respond_text(
+                    504,
+                    "Gateway Timeout: only-if-cached and nothing usable is stored\n",
+                    CacheStatus(fwd=Fwd.MISS, detail="only-if-cached"),
+                )
+            case _:
+                assert_never(decision)
+
+    # -- answering from the store -----------------------------------------
+
+    async def serve_stored(
+        self, d: Serve, status: CacheStatus | None = None, validated: bool = False
+    ) -> web.StreamResponse | None:
+        """Answer from a stored response; None when its body is gone (a miss)."""
+        entry = d.entry
+        cs = status or CacheStatus(hit=True, ttl=d.ttl)
+        if d.outcome is Precondition.NOT_MODIFIED:
+            self.edge.counters["client_304"] += 1
+            self._count_hit(cs)
+            headers = not_modified_fields(entry, d.age)
+            return await self._send_head(304, headers, cs)
+        if d.outcome is Precondition.FAILED:
+            return self.respond_text(412, "Precondition Failed\n", cs)
+        body = None
+        if self.request.method != "HEAD":
+            body = await self.edge.store.open_body(entry)
+            if body is None:
+                return None
+        self._count_hit(cs)
+        headers = reuse_fields(entry, d.age, validated)
+        resp = await self._send_head(entry.status, headers, cs, length=entry.body_size)
+        if body is not None:
+            try:
+                async for chunk in self.edge.store.read_body(body, CHUNK):
+                    await resp.write(chunk)
+            except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+                return resp
+        await resp.write_eof()
+        return resp
+
+    def _count_hit(self, cs: CacheStatus) -> None:
+        self.edge.counters["hits" if cs.hit else "revalidated_hits"] += 1
+
+    # -- going upstream -----------------------------------------------------
+
+    async def revalidate(self, d: Revalidate) -> web.StreamResponse:
+        """Validate the stored response upstream (RFC 9111 section 4.3)."""
+        self.edge.counters["revalidations"] += 1
+        clock = self.edge.clock
+        request_time = clock()
+        headers = self._upstream_headers(drop=CLIENT_CONDITIONALS, add=d.conditional_headers)
+        upstream = await self._send_upstream("GET", headers, with_body=False)
+        response_time = clock()
+        if upstream.status == 304:
+            upstream.release()
+            if validates(d.entry, upstream.headers):
+                self.edge.counters["revalidated_304"] += 1
+                merged = merge_304(d.entry, upstream.headers, request_time, response_time)
+                with contextlib.suppress(StoreError):
+                    await self.edge.store.update(merged)
+                now = clock()
+                age = int(current_age(merged, now))
+                outcome = evaluate(
+                    self.req.method, self.request.headers, merged.fields, merged.date
+                )
+                cs = CacheStatus(fwd=d.fwd, fwd_status=304, ttl=ttl(merged, self.snap.policy, now))
+                served = await self.serve_stored(
+                    Serve(merged, age, cs.ttl or 0, outcome), cs, validated=True
+                )
+                if served is not None:
+                    return served
+            # The 304 doesn't describe what we hold (4.3.4): fetch it whole.
+            return await self.forward(d.fwd, cacheable=True)
+        return await self.relay(upstream, d.fwd, request_time, response_time, cacheable=True)
+
+    async def forward(self, fwd: Fwd, cacheable: bool) -> web.StreamResponse:
+        if fwd in (Fwd.URI_MISS, Fwd.VARY_MISS):
+            self.edge.counters["misses"] += 1
+        request_time = self.edge.clock()
+        upstream = await self._send_upstream(
+            self.request.method, self._upstream_headers(), with_body=True
+        )
+        response_time = self.edge.clock()
+        return await self.relay(upstream, fwd, request_time, response_time, cacheable)
+
+    def _upstream_headers(
+        self, drop: tuple[str, ...] = (), add: list[tuple[str, str]] | None = None
+    ) -> CIMultiDict[str]:
+        origin_cfg = self.cfg.origin
+        assert origin_cfg is not None
+        peer = self.request.transport.get_extra_info("peername") if self.request.transport else None
+        return request_headers(
+            self.request.headers,
+            version=(self.request.version.major, self.request.version.minor),
+            client_ip=peer[0] if peer else None,
+            host=self.host,
+            scheme="http",
+            pseudonym=self.cfg.via,
+            upstream_host=origin_cfg.host_header,
+            drop=drop,
+            add=add or (),
+        )
+
+    async def _send_upstream(
+        self, method: str, headers: CIMultiDict[str], with_body: bool
+    ) -> aiohttp.ClientResponse:
+        origin_cfg = self.cfg.origin
+        assert origin_cfg is not None
+        body = None
+        if with_body and self.request.body_exists:
+            body = self.request.content.iter_chunked(CHUNK)
+        elif not with_body:
+            headers.popall("content-length", None)
+        self.edge.counters["origin_requests"] += 1
+        return await origin.send(
+            self.edge.session, origin_cfg, method, self.request.raw_path, headers, body
+        )
+
+    async def relay(
+        self,
+        upstream: aiohttp.ClientResponse,
+        fwd: Fwd,
+        request_time: float,
+        response_time: float,
+        cacheable: bool,
+    ) -> web.StreamResponse:
+        """Stream an origin response to the client, teeing it into the store."""
+        policy = self.snap.policy
+        try:
+            writer, entry = self._plan_store(upstream, request_time, response_time, cacheable)
+            cs = CacheStatus(
+                fwd=fwd,
+                fwd_status=upstream.status,
+                stored=writer is not None,
+                ttl=int(freshness_lifetime(entry, policy)) if entry is not None else None,
+            )
+            headers = response_headers(
+                upstream.headers, version=self._version(), pseudonym=self.cfg.via
+            )
+            if "date" not in headers:
+                headers["Date"] = format_http_date(response_time)
+            length = upstream.content_length
+            if self.request.method == "HEAD" or upstream.status in (204, 304):
+                length = None if upstream.status in (204, 304) else length
+            resp = await self._send_head(upstream.status, headers, cs, length=length)
+            if self.request.method == "HEAD":
+                await resp.write_eof()
+                return resp
+            complete = await self._pump(upstream, resp, writer, policy.max_object_size)
+            if writer is not None and entry is not None:
+                if complete and (length is None or writer.size == length):
+                    with contextlib.suppress(StoreError):
+                        await writer.commit(entry)
+                        self.edge.counters["stored"] += 1
+                else:
+                    await writer.abort()
+            if complete:
+                await resp.write_eof()
+            await self._invalidate(upstream)
+            return resp
+        finally:
+            upstream.release()
+
+    def _plan_store(
+        self,
+        upstream: aiohttp.ClientResponse,
+        request_time: float,
+        response_time: float,
+        cacheable: bool,
+    ) -> tuple[BodyWriter | None, Entry | None]:
+        policy = self.snap.policy
+        if not cacheable:
+            return None, None
+        resp_cc = response_cache_control(upstream.headers, policy.targeted)
+        verdict = storable(
+            self.req.method,
+            self.request.headers,
+            self.req.cc,
+            upstream.status,
+            upstream.headers,
+            resp_cc,
+            policy,
+        )
+        if not verdict.ok:
+            return None, None
+        length = upstream.content_length
+        if length is not None and length > policy.max_object_size:
+            return None, None
+        fields = storable_fields(upstream.headers)
+        if "date" not in fields:
+            fields["Date"] = format_http_date(response_time)  # RFC 9110 section 6.6.1
+        names = vary_names(upstream.headers)
+        entry = Entry(
+            key=self.key,
+            status=upstream.status,
+            fields=CIMultiDictProxy(fields),
+            request_time=request_time,
+            response_time=response_time,
+            vary=names,
+            secondary=secondary_key(self.request.headers, names) or (),
+            targeted=policy.targeted,
+        )
+        return self.edge.store.open_writer(self.key), entry
+
+    async def _pump(
+        self,
+        upstream: aiohttp.ClientResponse,
+        resp: web.StreamResponse,
+        writer: BodyWriter | None,
+        max_size: int,
+    ) -> bool:
+        """Copy the body; True on a clean end. Aborts the client on origin failure."""
+        chunks: AsyncIterator[bytes] = upstream.content.iter_chunked(CHUNK)
+        try:
+            async for chunk in chunks:
+                if writer is not None:
+                    if writer.size + len(chunk) > max_size:
+                        await writer.abort()  # too big to keep: pass it through
+                        writer = None
+                    else:
+                        try:
+                            await writer.write(chunk)
+                        except StoreError as e:
+                            log.warning("not storing %s: %s", self.key, e)
+                            writer = None
+                try:
+                    await resp.write(chunk)
+                except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+                    # The client left: nothing partial may be stored.
+                    if writer is not None:
+                        await writer.abort()
+                    return False
+        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as e:
+            if writer is not None:
+                await writer.abort()
+            log.warning("origin broke off %s mid-body: %s", self.key, e)
+            # A silent short 200 would look complete: drop the connection.
+            if self.request.transport is not None:
+                self.request.transport.abort()
+            return False
+        return True
+
+    async def _invalidate(self, upstream: aiohttp.ClientResponse) -> None:
+        """RFC 9111 section 4.4, with targets turned into our keys."""
+        for target in invalidation_targets(
+            self.request.method, upstream.status, self.key, upstream.headers
+        ):
+            with contextlib.suppress(StoreError):
+                await self.edge.store.delete(target)
+
+    # -- writing responses --------------------------------------------------
+
+    def _version(self) -> tuple[int, int]:
+        return (self.request.version.major, self.request.version.minor)
+
+    async def _send_head(
+        self,
+        status: int,
+        headers: CIMultiDict[str],
+        cs: CacheStatus,
+        length: int | None = None,
+    ) -> web.StreamResponse:
+        headers["Cache-Status"] = cs.render(self.cfg.cache.status_name)
+        if "via" not in headers:
+            headers["Via"] = via_value(self._version(), self.cfg.via)
+        resp = web.StreamResponse(status=status, headers=headers)
+        if length is not None and status not in (204, 304):
+            resp.content_length = length
+        await resp.prepare(self.request)
+        return resp
+
+    def respond_text(self, status: int, text: str, cs: CacheStatus) -> web.Response:
+        resp = _text(status, text)
+        resp.headers["Cache-Status"] = cs.render(self.cfg.cache.status_name)
+        resp.headers["Via"] = via_value(self._version(), self.cfg.via)
+        return resp
+
+    def error_response(self, e: EdgeError) -> web.Response:
+        resp = self.respond_text(
+            e.status_hint,
+            f"{_reason(e.status_hint)}: {e}\n",
+            CacheStatus(fwd=Fwd.MISS, detail=e.proxy_error.value),
+        )
+        resp.headers["Proxy-Status"] = proxy_status(
+            self.cfg.cache.status_name, e.proxy_error, str(e)
+        )
+        return resp
+
+
+def _reason(status: int) -> str:
+    return {502: "Bad Gateway", 504: "Gateway Timeout", 400: "Bad Request"}.get(status, "Error")
+
+
+def _text(status: int, text: str) -> web.Response:
+    return web.Response(status=status, text=text, content_type="text/plain")

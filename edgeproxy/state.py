@@ -1,0 +1,34 @@
+"""Per-app runtime state, reached through a typed aiohttp AppKey."""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import aiohttp
+from aiohttp import web
+
+from edgeproxy.config import Config
+from edgeproxy.policy.settings import CachePolicy
+from edgeproxy.store.base import Store
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything a request reads from config, swapped as one reference."""
+
+    config: Config
+    policy: CachePolicy
+
+
+@dataclass
+class EdgeState:
+    snapshot: Snapshot
+    store: Store
+    session: aiohttp.ClientSession
+    clock: Callable[[], float]
+    counters: collections.Counter[str] = field(default_factory=collections.Counter)
+
+
+EDGE = web.AppKey("edge", EdgeState)

@@ -1,0 +1,1 @@
+"""Storage adapters behind one narrow protocol (store/base.py)."""

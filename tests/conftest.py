@@ -1,0 +1,36 @@
+"""Shared fixtures: an injectable clock and the blockbuster guard."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from blockbuster import BlockBuster, blockbuster_ctx
+
+
+class FakeClock:
+    """A clock tests advance by hand: nothing in the suite sleeps for freshness."""
+
+    def __init__(self, start: float = 1_800_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture(autouse=True)
+def blockbuster(request: pytest.FixtureRequest) -> Iterator[BlockBuster | None]:
+    """Fail any test whose event loop makes a blocking call (as aiohttp's suite does)."""
+    if "no_blockbuster" in request.keywords:
+        yield None
+        return
+    with blockbuster_ctx(scanned_modules=["edgeproxy"]) as bb:
+        yield bb
