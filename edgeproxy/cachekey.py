@@ -11,15 +11,74 @@ DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def normalise_host(host: str, scheme: str) -> str:
-    """Lower-case; drop the scheme's default port (RFC 9110 section 4.2.3)."""
-    h = host.strip().lower().rstrip(".")
-    name, sep, port = h.rpartition(":")
-    if sep and port.isdigit() and "]" not in port and DEFAULT_PORTS.get(scheme) == int(port):
+    """Host[:port] in the URI normal form of RFC 3986 section 6.2.2-6.2.3.
+
+    Lower-cased (host names are case-insensitive); the root label's trailing
+    dot dropped ("example.com." names the same host; all trailing dots and
+    stray SP/HTAB before a port go too, so normalising twice changes
+    nothing); an empty port or the scheme's default port dropped (RFC 9110
+    sections 4.2.1-4.2.2: http is 80, https 443). A port is only split off
+    a bracketed IPv6 literal ("[::1]:80") or a name with a single colon, so
+    an unbracketed IPv6 address is never mistaken for host:port.
+    """
+    h = host.strip(" \t").lower()
+    if h.startswith("["):
+        close = h.find("]")
+        if close >= 0 and h[close + 1 : close + 2] == ":":
+            name, port = h[: close + 1], h[close + 2 :]
+        else:
+            name, port = h, None
+    elif h.count(":") == 1:
+        name, _, port = h.partition(":")
+    else:
+        name, port = h, None
+    name = name.rstrip(". \t")
+    if port is None:
         return name
-    return h
+    # ASCII digits only: str.isdigit() accepts other scripts' digits, and a
+    # port that long is no port (int() of a huge string would also raise).
+    is_number = port.isascii() and port.isdigit() and len(port) <= 5
+    if port == "" or (is_number and DEFAULT_PORTS.get(scheme.lower()) == int(port)):
+        return name
+    return f"{name}:{port}"
 
 
 def primary_key(scheme: str, host: str, path_and_query: str) -> str:
     """`scheme://host/path?query`, the form the purge API accepts too."""
     target = path_and_query if path_and_query.startswith("/") else "/" + path_and_query
     return f"{scheme.lower()}://{normalise_host(host, scheme)}{target}"
+
+
+def apply_key_rules(
+    path_and_query: str,
+    *,
+    ignore_query: bool = False,
+    query_params: tuple[str, ...] | None = None,
+    sort_query: bool = False,
+) -> str:
+    """A route's query rules applied to the target, for the key only.
+
+    Parameters are split on `&` alone and compared undecoded, exactly as
+    the origin will receive them; the request forwarded upstream is unchanged.
+    """
+    path, sep, query = path_and_query.partition("?")
+    if not sep or ignore_query:
+        return path
+    params = [p for p in query.split("&") if p]
+    if query_params is not None:
+        keep = set(query_params)
+        params = [p for p in params if p.partition("=")[0] in keep]
+    if sort_query:
+        params.sort()
+    return f"{path}?{'&'.join(params)}" if params else path
+
+
+def key_extras(parts: list[tuple[str, str | None]]) -> str:
+    """Extra key components (route key headers and cookies) as a `#fragment`.
+
+    A request target never has a fragment, so `url#...` can't collide with a
+    real URL, and a purge of `url` also takes every `url#...` key.
+    """
+    if not parts:
+        return ""
+    return "#" + "&".join(f"{name}={'' if value is None else value}" for name, value in parts)

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 
 from multidict import CIMultiDict
 
-from edgeproxy.http.fields import Headers, strip_hop_by_hop
+from edgeproxy.http.fields import Headers, split_list, strip_hop_by_hop
 
 # Fields a client may send that would mislead the origin about the original
 # request; this hop sets its own values instead.
@@ -48,7 +48,8 @@ def request_headers(
         out["Host"] = upstream_host
     out.add("Via", via_value(version, pseudonym))
     if client_ip:
-        prior = ", ".join(out.popall("x-forwarded-for", []))
+        # Re-split the prior lines so an empty line or member adds no ", ,".
+        prior = ", ".join(m for line in out.popall("x-forwarded-for", []) for m in split_list(line))
         out["X-Forwarded-For"] = f"{prior}, {client_ip}" if prior else client_ip
     out["X-Forwarded-Host"] = host
     out["X-Forwarded-Proto"] = scheme

@@ -30,7 +30,12 @@ class CacheStatus:
     detail: str | None = None
 
     def render(self, cache_name: str) -> str:
-        parts = [cache_name]
+        """One Cache-Status list member (RFC 9211 section 2).
+
+        The cache is named by an sf-token or sf-string, so a configured name
+        that is not a token is sent quoted.
+        """
+        parts = [_sf_token_or_string(cache_name)]
         if self.hit:
             parts.append("hit")
         if self.fwd is not None:
@@ -64,21 +69,26 @@ class ProxyError(enum.Enum):
 
 
 def proxy_status(cache_name: str, error: ProxyError, details: str | None = None) -> str:
-    value = f"{cache_name}; error={error.value}"
+    """One Proxy-Status list member (RFC 9209 section 2): name; error; details."""
+    value = f"{_sf_token_or_string(cache_name)}; error={error.value}"
     if details:
         value += f"; details={_sf_string(details)}"
     return value
 
 
 def _sf_string(s: str) -> str:
+    # sf-string allows only printable ASCII (RFC 8941 section 3.3.3): drop the
+    # rest rather than emit a field that would fail to parse.
     cleaned = "".join(c for c in s if " " <= c <= "~")
     return '"' + cleaned.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+_ALPHA = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_TOKEN_REST = _ALPHA | frozenset("0123456789!#$%&'*+-.^_`|~:/")
+
+
 def _sf_token_or_string(s: str) -> str:
-    ok = (
-        s
-        and (s[0].isalpha() or s[0] == "*")
-        and all(c.isalnum() or c in "!#$%&'*+-.^_`|~:/" for c in s)
-    )
+    # sf-token = ( ALPHA / "*" ) *( tchar / ":" / "/" ), ASCII only (8941 3.3.4);
+    # str.isalpha() would let non-ASCII letters through.
+    ok = bool(s) and (s[0] in _ALPHA or s[0] == "*") and all(c in _TOKEN_REST for c in s)
     return s if ok else _sf_string(s)

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-from edgeproxy.http.fields import Headers, list_values
+from edgeproxy.http.fields import Headers, list_values, split_list
 
 # `Vary: *` is kept as this marker: such a response never matches (4.1).
 STAR: tuple[str, ...] = ("*",)
 
 
 def vary_names(headers: Headers) -> tuple[str, ...]:
-    """Lower-cased, de-duplicated, sorted field names a response varies on."""
-    names = {v.strip().lower() for v in list_values(headers, "vary")}
+    """Lower-cased, de-duplicated, sorted field names a response varies on.
+
+    Field names are case-insensitive (RFC 9110 section 5.1), and a list's
+    order and repeats carry no meaning (section 12.5.5), so this form makes
+    equal Vary values compare equal.
+    """
+    names = {v.lower() for v in list_values(headers, "vary")}
     if "*" in names:
         return STAR
     return tuple(sorted(n for n in names if n))
@@ -21,14 +26,14 @@ def normalise(headers: Headers, name: str) -> str | None:
 
     Absent stays None, so "absent" and "present but empty" are different
     variants, as 4.1 requires for a field missing from one request.
+    Splitting honours quoted strings (RFC 9110 section 5.6.1), so a comma or
+    spaces inside quotes are content, not list syntax; only OWS (SP / HTAB)
+    around commas is folded.
     """
     lines = headers.getall(name, ())
     if not lines:
         return None
-    members: list[str] = []
-    for line in lines:
-        members.extend(m.strip() for m in line.split(","))
-    return ",".join(m for m in members if m)
+    return ",".join(m for line in lines for m in split_list(line))
 
 
 def secondary_key(request: Headers, names: tuple[str, ...]) -> tuple[str | None, ...] | None:

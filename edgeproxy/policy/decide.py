@@ -15,7 +15,13 @@ from edgeproxy.http.conditionals import Precondition, evaluate
 from edgeproxy.http.fields import Headers
 from edgeproxy.http.vary import matches
 from edgeproxy.policy.entry import Entry
-from edgeproxy.policy.freshness import current_age, freshness_lifetime, is_fresh, may_serve_stale
+from edgeproxy.policy.freshness import (
+    current_age,
+    freshness_lifetime,
+    is_fresh,
+    may_serve_stale,
+    ttl,
+)
 from edgeproxy.policy.settings import CachePolicy
 from edgeproxy.policy.validation import conditional_request_headers, has_validator
 
@@ -104,15 +110,30 @@ def decide_stored(request: Request, entry: Entry, policy: CachePolicy, now: floa
     must_validate = (cc.has("no-cache") and cc.field_names("no-cache") is None) or request.cc.has(
         "no-cache"
     )
-    usable = fresh and not must_validate and _request_limits_ok(request.cc, age, lifetime)
+    usable = (
+        fresh
+        and not must_validate
+        and _max_age_ok(request.cc, age)
+        and _min_fresh_ok(request.cc, age, lifetime)
+    )
     stale = False
     if not usable and not fresh and not must_validate:
-        # A client that accepts staleness (max-stale) may get it (4.2.4).
-        stale = may_serve_stale(entry, request.cc, policy, now)
+        # A client that accepts staleness (max-stale) may get it (4.2.4); its
+        # max-age still bounds the age: max-stale lifts only max-age's implied
+        # "no stale response" (5.2.1.1).
+        stale = may_serve_stale(entry, request.cc, policy, now) and _max_age_ok(request.cc, age)
         usable = stale
     if usable:
-        outcome = evaluate(request.method, request.headers, entry.fields, entry.date)
-        return Serve(entry, int(age), int(lifetime - age), outcome, stale)
+        # Preconditions apply to a stored 2xx only: for any other status the
+        # origin would have ignored them (RFC 9110 section 13.2.1; RFC 9111
+        # section 4.3.2 names 200 and 206).
+        outcome = (
+            evaluate(request.method, request.headers, entry.fields, entry.date)
+            if 200 <= entry.status < 300
+            else Precondition.PASS
+        )
+        # ttl() keeps a soft-purged entry's ttl at or below zero.
+        return Serve(entry, int(age), ttl(entry, policy, now), outcome, stale)
     if request.cc.has("only-if-cached"):
         return OnlyIfCachedMiss()
     # fwd=request when the client forced it (no-cache, or max-age/min-fresh on
@@ -124,10 +145,13 @@ def decide_stored(request: Request, entry: Entry, policy: CachePolicy, now: floa
     return Fetch(fwd)
 
 
-def _request_limits_ok(cc: CacheControl, age: float, lifetime: float) -> bool:
-    """Request max-age (5.2.1.1) and min-fresh (5.2.1.3)."""
+def _max_age_ok(cc: CacheControl, age: float) -> bool:
+    """Request max-age (5.2.1.1); an invalid value fails it, forcing validation."""
     max_age = cc.seconds("max-age")
-    if max_age is not None and (max_age == INVALID or age > max_age):
-        return False
+    return max_age is None or (max_age != INVALID and age <= max_age)
+
+
+def _min_fresh_ok(cc: CacheControl, age: float, lifetime: float) -> bool:
+    """Request min-fresh (5.2.1.3); an invalid value fails it."""
     min_fresh = cc.seconds("min-fresh")
-    return not (min_fresh is not None and (min_fresh == INVALID or lifetime - age < min_fresh))
+    return min_fresh is None or (min_fresh != INVALID and lifetime - age >= min_fresh)

@@ -7,6 +7,7 @@ duplicated. The store only serialises these; it never interprets them.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -77,31 +78,93 @@ class CorruptEntry(ValueError):
 def entry_from_json(data: bytes) -> Entry:
     try:
         d = json.loads(data)
-    except ValueError as e:
-        raise CorruptEntry(str(e)) from e
+    except (ValueError, RecursionError) as e:
+        # ValueError covers bad UTF-8 and the 4300-digit int limit;
+        # RecursionError deeply nested arrays.
+        raise CorruptEntry(str(e) or type(e).__name__) from e
     return entry_from_dict(d)
 
 
 def entry_from_dict(d: Any) -> Entry:
+    """Rebuild an Entry from `to_dict` output; anything else is CorruptEntry.
+
+    Types are checked, not coerced: a coerced value (an infinite time, a
+    status of 0, a string where a list belongs) would fail later, far from
+    the store, where it can't be treated as a miss.
+    """
+    if not isinstance(d, dict):
+        raise CorruptEntry(f"entry is {type(d).__name__}, not an object")
+    version = d.get("v")
+    if type(version) is not int or version != FORMAT_VERSION:
+        raise CorruptEntry(f"unknown entry format {version!r}")
     try:
-        if d.get("v") != FORMAT_VERSION:
-            raise CorruptEntry(f"unknown entry format {d.get('v')!r}")
         return Entry(
-            key=str(d["key"]),
-            status=int(d["status"]),
-            fields=CIMultiDictProxy(CIMultiDict((str(k), str(v)) for k, v in d["fields"])),
-            request_time=float(d["request_time"]),
-            response_time=float(d["response_time"]),
-            vary=tuple(str(n) for n in d["vary"]),
-            secondary=tuple(None if s is None else str(s) for s in d["secondary"]),
-            body_size=int(d["body_size"]),
-            tags=tuple(str(t) for t in d["tags"]),
-            route=str(d["route"]),
-            soft_purged=bool(d["soft_purged"]),
-            variant=str(d["variant"]),
-            targeted=tuple(str(t) for t in d.get("targeted", ())),
+            key=_str(d["key"]),
+            status=_status(d["status"]),
+            fields=CIMultiDictProxy(CIMultiDict(_field(f) for f in _list(d["fields"]))),
+            request_time=_time(d["request_time"]),
+            response_time=_time(d["response_time"]),
+            vary=tuple(_str(n) for n in _list(d["vary"])),
+            secondary=tuple(None if s is None else _str(s) for s in _list(d["secondary"])),
+            body_size=_size(d["body_size"]),
+            tags=tuple(_str(t) for t in _list(d["tags"])),
+            route=_str(d["route"]),
+            soft_purged=_bool(d["soft_purged"]),
+            variant=_str(d["variant"]),
+            targeted=tuple(_str(t) for t in _list(d.get("targeted", []))),
         )
-    except CorruptEntry:
-        raise
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise CorruptEntry(str(e)) from e
+    except KeyError as e:
+        raise CorruptEntry(f"missing {e}") from e
+
+
+def _wrong(what: str, value: Any) -> CorruptEntry:
+    return CorruptEntry(f"expected {what}, got {type(value).__name__}")
+
+
+def _str(v: Any) -> str:
+    if not isinstance(v, str):
+        raise _wrong("a string", v)
+    return v
+
+
+def _list(v: Any) -> list[Any]:
+    if not isinstance(v, list):
+        raise _wrong("a list", v)
+    return v
+
+
+def _field(v: Any) -> tuple[str, str]:
+    if not isinstance(v, list) or len(v) != 2:
+        raise _wrong("a [name, value] pair", v)
+    return _str(v[0]), _str(v[1])
+
+
+def _status(v: Any) -> int:
+    # A three-digit status (RFC 9110 section 15); bool is an int subclass.
+    if type(v) is not int or not 100 <= v <= 599:
+        raise CorruptEntry(f"bad status {v!r}")
+    return v
+
+
+def _size(v: Any) -> int:
+    if type(v) is not int or v < 0:
+        raise CorruptEntry(f"bad body size {v!r}")
+    return v
+
+
+def _time(v: Any) -> float:
+    if type(v) not in (int, float):
+        raise _wrong("a number", v)
+    try:
+        t = float(v)
+    except OverflowError as e:  # an int past float range
+        raise CorruptEntry("time out of range") from e
+    if not math.isfinite(t):  # json accepts NaN and Infinity
+        raise CorruptEntry(f"bad time {t!r}")
+    return t
+
+
+def _bool(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise _wrong("a boolean", v)
+    return v

@@ -8,14 +8,27 @@ negative Age.
 
 from __future__ import annotations
 
-from edgeproxy.http.cache_control import INVALID, CacheControl
+from edgeproxy.http.cache_control import INVALID, CacheControl, targeted_field
 from edgeproxy.http.dates import parse_http_date
+from edgeproxy.http.fields import Headers
 from edgeproxy.policy.entry import Entry
 from edgeproxy.policy.settings import HEURISTIC_STATUSES, CachePolicy
 
 
 def has_explicit_expiration(cc: CacheControl, fields_expires: str | None) -> bool:
     return cc.has("s-maxage") or cc.has("max-age") or fields_expires is not None
+
+
+def expires_value(fields: Headers, targeted: tuple[str, ...]) -> str | None:
+    """The Expires value this cache obeys, or None.
+
+    RFC 9213 section 2.2: once a targeted field (CDN-Cache-Control, ...) with a
+    valid, non-empty value governs the response, Expires is ignored along with
+    Cache-Control, by the same selection as `response_cache_control`.
+    """
+    if targeted_field(fields, targeted) is not None:
+        return None
+    return fields.get("expires")
 
 
 def freshness_lifetime(entry: Entry, policy: CachePolicy) -> float:
@@ -41,9 +54,9 @@ def _origin_lifetime(entry: Entry, policy: CachePolicy) -> float | None:
         if v is not None:
             # An invalid value makes the response stale (4.2.1), not absent.
             return 0.0 if v == INVALID else float(v)
-    expires_value = entry.fields.get("expires")
-    if expires_value is not None:
-        expires = parse_http_date(expires_value)
+    expires_field = expires_value(entry.fields, entry.targeted)
+    if expires_field is not None:
+        expires = parse_http_date(expires_field)
         # Invalid Expires, e.g. "0", means already expired (5.3).
         return 0.0 if expires is None else max(0.0, expires - entry.date)
     return heuristic_lifetime(entry, policy)
@@ -82,7 +95,12 @@ def _age_value(value: str | None) -> float:
     if value is None:
         return 0.0
     v = value.split(",")[0].strip()
-    return float(min(int(v), 2**31)) if v.isascii() and v.isdigit() else 0.0
+    if not (v.isascii() and v.isdigit()):
+        return 0.0
+    # Past 2**31 the value is 2**31 (1.3). Checking the length first also keeps
+    # int() clear of Python's 4300-digit conversion limit (a ValueError).
+    v = v.lstrip("0") or "0"
+    return float(2**31) if len(v) > 10 else float(min(int(v), 2**31))
 
 
 def is_fresh(entry: Entry, policy: CachePolicy, now: float) -> bool:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from edgeproxy.http.cache_control import CacheControl
 from edgeproxy.http.fields import Headers
 from edgeproxy.http.vary import STAR, vary_names
+from edgeproxy.policy.freshness import expires_value
 from edgeproxy.policy.settings import HEURISTIC_STATUSES, UNDERSTOOD_STATUSES, CachePolicy
 
 
@@ -65,11 +66,13 @@ def storable(
         return Storability(False, "set-cookie")
     if vary_names(response) == STAR:
         return Storability(False, "vary-star")  # 4.1: would never match
+    # Expires counts only when no targeted field governs (RFC 9213 section 2.2).
+    has_expires = expires_value(response, policy.targeted) is not None
     has_lifetime = (
         response_cc.has("public")
         or response_cc.has("max-age")
         or response_cc.has("s-maxage")
-        or "expires" in response
+        or has_expires
         or status in HEURISTIC_STATUSES
         or policy.force_ttl is not None
     )
@@ -79,7 +82,7 @@ def storable(
     explicit = (
         response_cc.has("max-age")
         or response_cc.has("s-maxage")
-        or "expires" in response
+        or has_expires
         or policy.force_ttl is not None
         or policy.default_ttl is not None
     )
