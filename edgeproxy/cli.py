@@ -22,6 +22,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--origin", metavar="URL", help="origin base URL, e.g. http://127.0.0.1:8000")
     s.add_argument("--listen", metavar="HOST:PORT", help="public listener (default 127.0.0.1:8080)")
     s.add_argument("--cache-dir", metavar="DIR", help="cache directory (default ./cache)")
+    s.add_argument(
+        "--admin-listen", metavar="HOST:PORT", help="admin listener (default 127.0.0.1:9090)"
+    )
     s.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
     c = sub.add_parser("check-config", help="validate a config file and summarise it")
@@ -57,7 +60,10 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config) if args.config else Config()
         config = config.with_overrides(
-            origin=args.origin, listen=args.listen, cache_dir=args.cache_dir
+            origin=args.origin,
+            listen=args.listen,
+            cache_dir=args.cache_dir,
+            admin_listen=args.admin_listen,
         )
     except ConfigError as e:
         for line in e.errors:
@@ -81,11 +87,37 @@ def _check_config(path: str) -> int:
         for line in e.errors:
             print(line, file=sys.stderr)
         return 1
-    print(f"{path}: OK")
-    print(f"  listen  {config.listen}")
-    print(f"  origin  {config.origin.url if config.origin else '(none)'}")
-    print(
-        f"  cache   {config.cache.directory} (limit {config.cache.size_limit} bytes, "
-        f"max object {config.cache.max_object_size} bytes)"
-    )
+    print(summary(config))
     return 0
+
+
+def summary(config: Config) -> str:
+    """What check-config prints: listeners, cache, origins, routes in match order."""
+    c = config.cache
+    lines = [
+        f"{config.source}: OK",
+        f"listen {config.listen}; admin {config.admin.listen}",
+        f"cache {c.directory} (limit {c.size_limit} bytes, max object {c.max_object_size} bytes)",
+        f"origins ({len(config.origins)}):",
+    ]
+    for name, o in config.origins.items():
+        lines.append(
+            f"  {name}: {', '.join(o.servers)} (connect {o.connect_timeout:g}s, "
+            f"read {o.read_timeout:g}s, max {o.max_connections} connections"
+            + (f", Host {o.host_header}" if o.host_header else "")
+            + ")"
+        )
+    lines.append(f"routes ({len(config.routes)}, first match wins):")
+    for i, r in enumerate(config.routes, 1):
+        m = r.match
+        parts = (
+            f"host={','.join(m.hosts)}" if m.hosts else "",
+            f"path {m.path.kind} {m.path.pattern!r}" if m.path else "",
+            f"methods={','.join(sorted(m.methods))}" if m.methods else "",
+        )
+        where = " ".join(p for p in parts if p) or "everything"
+        action = f"-> {r.origin}" if r.origin else "-> 404 (no origin)"
+        cache = "cache on" if r.cache else "cache off (bypass)"
+        default = " [default]" if r.name == config.default_route else ""
+        lines.append(f"  {i}. {r.name}{default}: {where} {action}, {cache}")
+    return "\n".join(lines)

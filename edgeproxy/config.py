@@ -1,16 +1,18 @@
 """Typed, frozen configuration parsed once from YAML (the only module importing yaml).
 
-Every error names file, line and key path (`edge.yaml:12 cache.size_limit:
-expected a size ...`), and all errors are collected before raising.
+The rest of the code never reads raw dicts. Every error names file, line and
+key path (`edge.yaml:42 routes[3].match.path: invalid regex ...`), and all
+errors in a file are collected before raising `ConfigError`.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar
+from types import MappingProxyType
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import yaml
@@ -19,6 +21,8 @@ from edgeproxy.errors import ConfigError
 from edgeproxy.policy.settings import CachePolicy
 
 T = TypeVar("T")
+
+DEFAULT = "default"
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,11 +37,80 @@ class Address:
 @dataclass(frozen=True, slots=True)
 class OriginConfig:
     name: str
-    url: str  # scheme://host[:port], no path
+    servers: tuple[str, ...]  # scheme://host[:port], no path
     connect_timeout: float = 5.0
     read_timeout: float = 30.0
-    host_header: str | None = None  # Host sent upstream; None = the origin's own
+    host_header: str | None = None  # Host sent upstream; None = the server's own
     max_connections: int = 100
+
+    @property
+    def url(self) -> str:
+        return self.servers[0]
+
+
+@dataclass(frozen=True, slots=True)
+class PathMatch:
+    kind: Literal["prefix", "glob", "regex"]
+    pattern: str
+    regex: re.Pattern[str] | None = None  # compiled glob or regex
+
+    def matches(self, path: str) -> bool:
+        if self.kind == "prefix":
+            return path.startswith(self.pattern)
+        assert self.regex is not None
+        if self.kind == "glob":
+            return self.regex.fullmatch(path) is not None
+        return self.regex.search(path) is not None  # like nginx `location ~`
+
+
+@dataclass(frozen=True, slots=True)
+class RouteMatch:
+    hosts: tuple[str, ...] = ()  # exact or "*.example.com"; empty = any host
+    path: PathMatch | None = None
+    methods: frozenset[str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRules:
+    """How a route builds its cache key (cachekey.py)."""
+
+    ignore_query: bool = False
+    query_params: tuple[str, ...] | None = None  # keep only these
+    sort_query: bool = False
+    headers: tuple[str, ...] = ()  # request header values added to the key
+    cookies: tuple[str, ...] = ()  # cookie values added to the key
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderEdits:
+    add: tuple[tuple[str, str], ...] = ()
+    set: tuple[tuple[str, str], ...] = ()
+    remove: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.add or self.set or self.remove)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    name: str
+    match: RouteMatch = field(default_factory=RouteMatch)
+    origin: str | None = None  # None: answered 404 with a reason
+    cache: bool = True  # off = pure pass-through, Cache-Status fwd=bypass
+    policy: CachePolicy = field(default_factory=CachePolicy)
+    key: KeyRules = field(default_factory=KeyRules)
+    stale_while_revalidate: float | None = None
+    stale_if_error: float | None = None
+    request_headers: HeaderEdits = field(default_factory=HeaderEdits)
+    response_headers: HeaderEdits = field(default_factory=HeaderEdits)
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    listen: Address = Address("127.0.0.1", 9090)
+    token_file: str | None = None  # the token itself never lives in the YAML
+    token_env: str = "EDGEPROXY_ADMIN_TOKEN"
+    purge_method: bool = False  # accept `PURGE <url>` on the public listener
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,10 +135,18 @@ class CacheConfig:
 @dataclass(frozen=True, slots=True)
 class Config:
     listen: Address = Address("127.0.0.1", 8080)
-    origin: OriginConfig | None = None
+    admin: AdminConfig = field(default_factory=AdminConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
+    origins: Mapping[str, OriginConfig] = field(default_factory=lambda: MappingProxyType({}))
+    routes: tuple[Route, ...] = ()
+    default_route: str | None = None
     via: str = "edgeproxy"
-    source: str = "<defaults>"
+    source: str | None = None  # the file it came from, for reloads
+
+    @property
+    def origin(self) -> OriginConfig | None:
+        """The default origin (the one `--origin` sets)."""
+        return self.origins.get(DEFAULT) or next(iter(self.origins.values()), None)
 
     def with_overrides(
         self,
@@ -73,28 +154,45 @@ class Config:
         origin: str | None = None,
         listen: str | None = None,
         cache_dir: str | None = None,
+        admin_listen: str | None = None,
     ) -> Config:
         """Command-line flags win over file values; errors name the flag."""
         errors: list[str] = []
         cfg = self
-        if listen is not None:
-            addr = parse_address(listen)
+        for flag, value, attr in (
+            ("--listen", listen, "listen"),
+            ("--admin-listen", admin_listen, "admin"),
+        ):
+            if value is None:
+                continue
+            addr = parse_address(value)
             if addr is None:
-                errors.append(f"--listen: expected HOST:PORT, got {listen!r}")
-            else:
+                errors.append(f"{flag}: expected HOST:PORT, got {value!r}")
+            elif attr == "listen":
                 cfg = replace(cfg, listen=addr)
+            else:
+                cfg = replace(cfg, admin=replace(cfg.admin, listen=addr))
         if origin is not None:
             problem = check_origin_url(origin)
             if problem:
                 errors.append(f"--origin: {problem}")
             else:
-                base = cfg.origin or OriginConfig(name="default", url=origin)
-                cfg = replace(cfg, origin=replace(base, url=origin.rstrip("/")))
+                base = cfg.origins.get(DEFAULT) or OriginConfig(DEFAULT, (origin,))
+                origins = dict(cfg.origins)
+                origins[DEFAULT] = replace(base, servers=(origin.rstrip("/"),))
+                cfg = replace(cfg, origins=MappingProxyType(origins))
+                if not cfg.routes:
+                    cfg = replace(cfg, routes=(default_route(cfg, DEFAULT),))
         if cache_dir is not None:
             cfg = replace(cfg, cache=replace(cfg.cache, directory=cache_dir))
         if errors:
             raise ConfigError(errors)
         return cfg
+
+
+def default_route(cfg: Config, origin: str) -> Route:
+    """The catch-all route used when a file names an origin but no routes."""
+    return Route(name=DEFAULT, origin=origin, policy=cfg.cache.policy())
 
 
 # -- scalar parsers ---------------------------------------------------------
@@ -150,6 +248,31 @@ def check_origin_url(url: str) -> str | None:
     return None
 
 
+_HOST = re.compile(r"^(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
+_METHOD = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_FIELD = _METHOD
+
+
+def glob_regex(pattern: str) -> re.Pattern[str]:
+    """`*` matches within one path segment, `**` across segments, `?` one char."""
+    out: list[str] = []
+    i = 0
+    while i < len(pattern):
+        if pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append("[^/]")
+            i += 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return re.compile("".join(out))
+
+
 # -- YAML with line numbers ---------------------------------------------------
 
 
@@ -158,15 +281,20 @@ class _Reader:
 
     def __init__(self, filename: str) -> None:
         self.filename = filename
-        self.errors: list[str] = []
+        self._errors: list[tuple[int, str]] = []
+
+    @property
+    def errors(self) -> list[str]:
+        """In file order, whatever order the checks ran in."""
+        return [msg for _, msg in sorted(self._errors, key=lambda e: e[0])]
 
     def error(self, node: yaml.Node | None, path: str, message: str) -> None:
         line = node.start_mark.line + 1 if node is not None else 1
-        self.errors.append(f"{self.filename}:{line} {path}: {message}")
+        self._errors.append((line, f"{self.filename}:{line} {path}: {message}"))
 
     def mapping(self, node: yaml.Node, path: str, allowed: set[str]) -> dict[str, yaml.Node]:
         if not isinstance(node, yaml.MappingNode):
-            self.error(node, path, "expected a mapping")
+            self.error(node, path or "(top level)", "expected a mapping")
             return {}
         out: dict[str, yaml.Node] = {}
         for key_node, value_node in node.value:
@@ -180,17 +308,39 @@ class _Reader:
                 out[key] = value_node
         return out
 
+    def sequence(self, node: yaml.Node, path: str) -> list[yaml.Node]:
+        if not isinstance(node, yaml.SequenceNode):
+            self.error(node, path, "expected a list")
+            return []
+        return list(node.value)
+
+    def value(self, node: yaml.Node) -> Any:
+        return yaml.safe_load(yaml.serialize(node))
+
     def scalar(
         self, node: yaml.Node, path: str, parse: Callable[[Any], T | None], what: str
     ) -> T | None:
         if not isinstance(node, yaml.ScalarNode):
             self.error(node, path, f"expected {what}")
             return None
-        value = yaml.safe_load(yaml.serialize(node))
+        value = self.value(node)
         parsed = parse(value)
         if parsed is None:
             self.error(node, path, f"expected {what}, got {value!r}")
         return parsed
+
+    def strings(
+        self, node: yaml.Node, path: str, parse: Callable[[Any], str | None], what: str
+    ) -> tuple[str, ...]:
+        if isinstance(node, yaml.ScalarNode):
+            one = self.scalar(node, path, parse, what)
+            return (one,) if one is not None else ()
+        out: list[str] = []
+        for i, item in enumerate(self.sequence(node, path)):
+            v = self.scalar(item, f"{path}[{i}]", parse, what)
+            if v is not None:
+                out.append(v)
+        return tuple(out)
 
 
 def _str(v: Any) -> str | None:
@@ -199,6 +349,13 @@ def _str(v: Any) -> str | None:
 
 def _bool(v: Any) -> bool | None:
     return v if isinstance(v, bool) else None
+
+
+def _on_off(v: Any) -> bool | None:
+    # YAML 1.1 reads a bare `on`/`off` as a boolean already.
+    if isinstance(v, bool):
+        return v
+    return {"on": True, "off": False}.get(v) if isinstance(v, str) else None
 
 
 def _seconds(v: Any) -> float | None:
@@ -217,6 +374,25 @@ def _positive_int(v: Any) -> int | None:
     return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None
 
 
+def _field_name(v: Any) -> str | None:
+    return v if isinstance(v, str) and _FIELD.match(v) else None
+
+
+def _method(v: Any) -> str | None:
+    return v.upper() if isinstance(v, str) and _METHOD.match(v) else None
+
+
+def _host_pattern(v: Any) -> str | None:
+    if not isinstance(v, str):
+        return None
+    h = v.strip().lower()
+    return h if _HOST.match(h) else None
+
+
+def _origin_url(v: Any) -> str | None:
+    return v.rstrip("/") if isinstance(v, str) and check_origin_url(v) is None else None
+
+
 def load_config(path: str) -> Config:
     """Parse and validate a YAML file; ConfigError lists every problem found."""
     try:
@@ -227,6 +403,9 @@ def load_config(path: str) -> Config:
     return parse_config(text, path)
 
 
+TOP_KEYS = {"listen", "admin", "origin", "origins", "routes", "default_route", "cache", "via"}
+
+
 def parse_config(text: str, filename: str = "<config>") -> Config:
     r = _Reader(filename)
     try:
@@ -234,42 +413,111 @@ def parse_config(text: str, filename: str = "<config>") -> Config:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = mark.line + 1 if mark is not None else 1
-        raise ConfigError([f"{filename}:{line}: invalid YAML: {e}"]) from e
-    if root is None:
-        return Config(source=filename)
-    top = r.mapping(root, "", {"listen", "origin", "cache", "via"})
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError([f"{filename}:{line}: invalid YAML: {problem}"]) from e
     cfg = Config(source=filename)
+    if root is None:
+        return cfg
+    top = r.mapping(root, "", TOP_KEYS)
 
     if "listen" in top:
         addr = r.scalar(top["listen"], "listen", lambda v: parse_address(str(v)), "HOST:PORT")
-        if addr is not None:
-            cfg = replace(cfg, listen=addr)
+        cfg = replace(cfg, listen=addr) if addr else cfg
     if "via" in top:
-        via = r.scalar(top["via"], "via", _str, "a pseudonym for the Via field")
-        if via is not None:
-            cfg = replace(cfg, via=via)
-    if "origin" in top:
-        cfg = replace(cfg, origin=_origin(r, top["origin"], "origin"))
+        via = r.scalar(top["via"], "via", _field_name, "a pseudonym token for Via")
+        cfg = replace(cfg, via=via) if via else cfg
+    if "admin" in top:
+        cfg = replace(cfg, admin=_admin(r, top["admin"], "admin"))
     if "cache" in top:
         cfg = replace(cfg, cache=_cache(r, top["cache"], "cache"))
+
+    origins: dict[str, OriginConfig] = {}
+    if "origin" in top and "origins" in top:
+        r.error(top["origin"], "origin", "use either `origin` (one) or `origins` (named), not both")
+    elif "origin" in top:
+        o = _origin(r, top["origin"], "origin", DEFAULT)
+        if o is not None:
+            origins[DEFAULT] = o
+    elif "origins" in top:
+        node = top["origins"]
+        if not isinstance(node, yaml.MappingNode):
+            r.error(node, "origins", "expected a mapping of origin name -> settings")
+        else:
+            for key_node, value_node in node.value:
+                name = key_node.value if isinstance(key_node, yaml.ScalarNode) else ""
+                if not isinstance(name, str) or not _FIELD.match(name):
+                    r.error(key_node, f"origins.{name}", "origin names are tokens like `app`")
+                    continue
+                if name in origins:
+                    r.error(key_node, f"origins.{name}", "duplicate origin name")
+                    continue
+                o = _origin(r, value_node, f"origins.{name}", name)
+                if o is not None:
+                    origins[name] = o
+    cfg = replace(cfg, origins=MappingProxyType(origins))
+
+    routes: list[Route] = []
+    if "routes" in top:
+        seen: set[str] = set()
+        for i, node in enumerate(r.sequence(top["routes"], "routes")):
+            route = _route(r, node, f"routes[{i}]", cfg, i)
+            if route is None:
+                continue
+            if route.name in seen:
+                r.error(node, f"routes[{i}].name", f"duplicate route name {route.name!r}")
+            seen.add(route.name)
+            routes.append(route)
+    elif origins:
+        routes.append(default_route(cfg, DEFAULT if DEFAULT in origins else next(iter(origins))))
+    cfg = replace(cfg, routes=tuple(routes))
+
+    if "default_route" in top:
+        name = r.scalar(top["default_route"], "default_route", _str, "a route name")
+        if name is not None and name not in {rt.name for rt in routes}:
+            r.error(top["default_route"], "default_route", f"no route named {name!r}")
+        cfg = replace(cfg, default_route=name)
     if r.errors:
         raise ConfigError(r.errors)
     return cfg
 
 
-def _origin(r: _Reader, node: yaml.Node, path: str) -> OriginConfig | None:
-    def url(v: Any) -> str | None:
-        return v.rstrip("/") if isinstance(v, str) and check_origin_url(v) is None else None
+def _admin(r: _Reader, node: yaml.Node, path: str) -> AdminConfig:
+    m = r.mapping(node, path, {"listen", "token_file", "token_env", "purge_method"})
+    a = AdminConfig()
+    if "listen" in m:
+        addr = r.scalar(m["listen"], f"{path}.listen", lambda v: parse_address(str(v)), "HOST:PORT")
+        a = replace(a, listen=addr) if addr else a
+    if "token_file" in m:
+        f = r.scalar(m["token_file"], f"{path}.token_file", _str, "a file path")
+        a = replace(a, token_file=f) if f else a
+    if "token_env" in m:
+        e = r.scalar(
+            m["token_env"], f"{path}.token_env", _field_name, "an environment variable name"
+        )
+        a = replace(a, token_env=e) if e else a
+    if "purge_method" in m:
+        b = r.scalar(m["purge_method"], f"{path}.purge_method", _bool, "true or false")
+        a = replace(a, purge_method=b) if b is not None else a
+    return a
 
+
+def _origin(r: _Reader, node: yaml.Node, path: str, name: str) -> OriginConfig | None:
     if isinstance(node, yaml.ScalarNode):
-        u = r.scalar(node, path, url, "an absolute http(s) URL with no path")
-        return OriginConfig("default", u) if u else None
-    m = r.mapping(node, path, {"url", "connect_timeout", "read_timeout", "host", "max_connections"})
-    if "url" not in m:
-        r.error(node, f"{path}.url", "required")
-        return None
-    u = r.scalar(m["url"], f"{path}.url", url, "an absolute http(s) URL with no path")
-    o = OriginConfig("default", u or "http://invalid")
+        u = r.scalar(node, path, _origin_url, "an absolute http(s) URL with no path")
+        return OriginConfig(name, (u,)) if u else None
+    allowed = {"url", "servers", "connect_timeout", "read_timeout", "host", "max_connections"}
+    m = r.mapping(node, path, allowed)
+    servers: tuple[str, ...] = ()
+    if "url" in m and "servers" in m:
+        r.error(m["url"], f"{path}.url", "use either `url` or `servers`, not both")
+    elif "url" in m or "servers" in m:
+        key = "url" if "url" in m else "servers"
+        servers = r.strings(
+            m[key], f"{path}.{key}", _origin_url, "an absolute http(s) URL with no path"
+        )
+    else:
+        r.error(node, f"{path}.servers", "required: one or more server URLs")
+    o = OriginConfig(name, servers)
     if "connect_timeout" in m:
         v = r.scalar(m["connect_timeout"], f"{path}.connect_timeout", _seconds, "seconds >= 0")
         o = replace(o, connect_timeout=v) if v is not None else o
@@ -284,7 +532,7 @@ def _origin(r: _Reader, node: yaml.Node, path: str) -> OriginConfig | None:
             m["max_connections"], f"{path}.max_connections", _positive_int, "an integer > 0"
         )
         o = replace(o, max_connections=n) if n is not None else o
-    return o if u else None
+    return o if servers else None
 
 
 def _cache(r: _Reader, node: yaml.Node, path: str) -> CacheConfig:
@@ -294,7 +542,7 @@ def _cache(r: _Reader, node: yaml.Node, path: str) -> CacheConfig:
         "max_object_size": (parse_size, "a size such as 64MiB"),
         "heuristic_fraction": (_fraction, "a number from 0 to 1"),
         "heuristic_max": (_seconds, "seconds >= 0"),
-        "status_name": (_str, "a cache name for Cache-Status"),
+        "status_name": (_field_name, "a cache name token for Cache-Status"),
         "allow_set_cookie": (_bool, "true or false"),
     }
     m = r.mapping(node, path, set(fields))
@@ -305,6 +553,183 @@ def _cache(r: _Reader, node: yaml.Node, path: str) -> CacheConfig:
         if v is not None:
             values["directory" if key == "dir" else key] = v
     return CacheConfig(**values)
+
+
+ROUTE_KEYS = {
+    "name",
+    "match",
+    "origin",
+    "cache",
+    "default_ttl",
+    "force_ttl",
+    "max_ttl",
+    "stale_while_revalidate",
+    "stale_if_error",
+    "cache_key",
+    "allow_set_cookie",
+    "request_headers",
+    "response_headers",
+}
+
+
+def _route(r: _Reader, node: yaml.Node, path: str, cfg: Config, index: int) -> Route | None:
+    m = r.mapping(node, path, ROUTE_KEYS)
+    if not isinstance(node, yaml.MappingNode):
+        return None
+    name = f"route{index}"
+    if "name" in m:
+        name = r.scalar(m["name"], f"{path}.name", _str, "a route name") or name
+    route = Route(name=name, policy=cfg.cache.policy())
+    if "match" in m:
+        route = replace(route, match=_match(r, m["match"], f"{path}.match"))
+    if "origin" in m:
+        o = r.scalar(m["origin"], f"{path}.origin", _str, "an origin name")
+        if o is not None and o not in cfg.origins:
+            known = ", ".join(sorted(cfg.origins)) or "none defined"
+            r.error(m["origin"], f"{path}.origin", f"unknown origin {o!r} (known: {known})")
+        route = replace(route, origin=o)
+    if "cache" in m:
+        c = r.scalar(m["cache"], f"{path}.cache", _on_off, "on or off")
+        route = replace(route, cache=c) if c is not None else route
+    ttls: dict[str, Any] = {}
+    for key in ("default_ttl", "force_ttl", "max_ttl"):
+        if key in m:
+            v = r.scalar(m[key], f"{path}.{key}", _seconds, "seconds >= 0")
+            if v is not None:
+                ttls[key] = v
+    allow = cfg.cache.allow_set_cookie
+    if "allow_set_cookie" in m:
+        b = r.scalar(m["allow_set_cookie"], f"{path}.allow_set_cookie", _bool, "true or false")
+        allow = b if b is not None else allow
+    route = replace(route, policy=replace(route.policy, allow_set_cookie=allow, **ttls))
+    stale: dict[str, Any] = {}
+    for key in ("stale_while_revalidate", "stale_if_error"):
+        if key in m:
+            v = r.scalar(m[key], f"{path}.{key}", _seconds, "seconds >= 0")
+            if v is not None:
+                stale[key] = v
+    route = replace(route, **stale)
+    if "cache_key" in m:
+        route = replace(route, key=_key_rules(r, m["cache_key"], f"{path}.cache_key"))
+    if "request_headers" in m:
+        route = replace(
+            route, request_headers=_edits(r, m["request_headers"], f"{path}.request_headers")
+        )
+    if "response_headers" in m:
+        route = replace(
+            route, response_headers=_edits(r, m["response_headers"], f"{path}.response_headers")
+        )
+    return route
+
+
+def _match(r: _Reader, node: yaml.Node, path: str) -> RouteMatch:
+    m = r.mapping(node, path, {"host", "path", "methods"})
+    rm = RouteMatch()
+    if "host" in m:
+        hosts = r.strings(m["host"], f"{path}.host", _host_pattern, "a host name or *.example.com")
+        rm = replace(rm, hosts=hosts)
+    if "path" in m:
+        rm = replace(rm, path=_path_match(r, m["path"], f"{path}.path"))
+    if "methods" in m:
+        methods = r.strings(m["methods"], f"{path}.methods", _method, "an HTTP method")
+        rm = replace(rm, methods=frozenset(methods))
+    return rm
+
+
+def _path_match(r: _Reader, node: yaml.Node, path: str) -> PathMatch | None:
+    if isinstance(node, yaml.ScalarNode):
+        # A bare string is a prefix.
+        p = r.scalar(node, path, _str, "a path prefix starting with /")
+        if p is not None and not p.startswith("/"):
+            r.error(node, path, f"a path prefix must start with '/', got {p!r}")
+            return None
+        return PathMatch("prefix", p) if p else None
+    m = r.mapping(node, path, {"prefix", "glob", "regex"})
+    if len(m) != 1:
+        r.error(node, path, "give exactly one of prefix, glob, regex")
+        return None
+    kind, value_node = next(iter(m.items()))
+    pattern = r.scalar(value_node, f"{path}.{kind}", _str, f"a {kind} pattern")
+    if pattern is None:
+        return None
+    if kind == "prefix":
+        return PathMatch("prefix", pattern)
+    if kind == "glob":
+        return PathMatch("glob", pattern, glob_regex(pattern))
+    try:
+        return PathMatch("regex", pattern, re.compile(pattern))
+    except re.error as e:
+        r.error(value_node, path, f"invalid regex {pattern!r}: {e}")
+        return None
+
+
+def _key_rules(r: _Reader, node: yaml.Node, path: str) -> KeyRules:
+    m = r.mapping(node, path, {"ignore_query", "query_params", "sort_query", "headers", "cookies"})
+    k = KeyRules()
+    flags: dict[str, Any] = {}
+    for key in ("ignore_query", "sort_query"):
+        if key in m:
+            b = r.scalar(m[key], f"{path}.{key}", _bool, "true or false")
+            if b is not None:
+                flags[key] = b
+    k = replace(k, **flags)
+    if "query_params" in m:
+        k = replace(
+            k,
+            query_params=r.strings(
+                m["query_params"], f"{path}.query_params", _str, "a query parameter name"
+            ),
+        )
+    if "headers" in m:
+        k = replace(
+            k,
+            headers=tuple(
+                h.lower()
+                for h in r.strings(
+                    m["headers"], f"{path}.headers", _field_name, "a header field name"
+                )
+            ),
+        )
+    if "cookies" in m:
+        k = replace(k, cookies=r.strings(m["cookies"], f"{path}.cookies", _str, "a cookie name"))
+    if k.ignore_query and k.query_params is not None:
+        r.error(m["ignore_query"], f"{path}.ignore_query", "conflicts with query_params")
+    return k
+
+
+def _edits(r: _Reader, node: yaml.Node, path: str) -> HeaderEdits:
+    m = r.mapping(node, path, {"add", "set", "remove"})
+    out: dict[str, Any] = {}
+    for key in ("add", "set"):
+        if key not in m:
+            continue
+        pairs = r.mapping(m[key], f"{path}.{key}", _AnyKey())
+        items: list[tuple[str, str]] = []
+        for name, value_node in pairs.items():
+            if _field_name(name) is None:
+                r.error(value_node, f"{path}.{key}.{name}", "not a valid header field name")
+                continue
+            v = r.scalar(value_node, f"{path}.{key}.{name}", _header_value, "a header value")
+            if v is not None:
+                items.append((name, v))
+        out[key] = tuple(items)
+    if "remove" in m:
+        out["remove"] = r.strings(m["remove"], f"{path}.remove", _field_name, "a header field name")
+    return HeaderEdits(**out)
+
+
+def _header_value(v: Any) -> str | None:
+    if isinstance(v, bool) or v is None:
+        return None
+    s = str(v)
+    return s if not any(c in s for c in "\r\n\x00") else None
+
+
+class _AnyKey(set[str]):
+    """An `allowed` set that admits every key (header names are open-ended)."""
+
+    def __contains__(self, item: object) -> bool:
+        return True
 
 
 def default_cache_dir() -> str:
