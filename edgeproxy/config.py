@@ -7,7 +7,6 @@ errors in a file are collected before raising `ConfigError`.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -730,7 +729,3 @@ class _AnyKey(set[str]):
 
     def __contains__(self, item: object) -> bool:
         return True
-
-
-def default_cache_dir() -> str:
-    return os.environ.get("EDGEPROXY_CACHE_DIR", "./cache")
