@@ -15,6 +15,7 @@ Zones other than GMT are invalid (RFC 9111 section 4.2).
 from __future__ import annotations
 
 import calendar
+import math
 import re
 from email.utils import formatdate
 
@@ -79,5 +80,9 @@ def parse_http_date(value: str | None) -> float | None:
 
 
 def format_http_date(ts: float) -> str:
-    """IMF-fixdate, the form senders must generate (RFC 9110 section 5.6.7)."""
-    return formatdate(ts, usegmt=True)
+    """IMF-fixdate, the form senders must generate (RFC 9110 section 5.6.7).
+
+    Floored: formatdate rounds, and a Date must never be later than the
+    moment it stands for.
+    """
+    return formatdate(math.floor(ts), usegmt=True)
