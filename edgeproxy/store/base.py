@@ -6,7 +6,17 @@ Contract (tests/contract runs it against every implementation):
 - `open_writer(key)` streams a body to a temporary place; only `commit`
   makes it visible, atomically with its metadata; `abort` leaves nothing.
 - `open_body(entry)` returns the body, or None when it is gone or damaged:
-  the caller then treats the entry as a miss.
+  the caller then treats the entry as a miss (and the variant is dropped).
+- A commit replaces the stored variant with the same Vary names and values
+  (RFC 9111 section 4.1) and keeps the others side by side.
+- `purge` covers exactly what `edgeproxy.purge.matches` says, and records a
+  ban: any later write (commit, update) of a matching entry whose
+  `request_time` is before the purge's `issued_at` is refused (hard purge:
+  `Banned`) or stored already `soft_purged` (soft purge).
+
+Errors: write paths raise `StoreError` (never sqlite/diskcache errors);
+`lookup` and `open_body` answer a miss instead, so a broken store costs
+hits, never a 500.
 """
 
 from __future__ import annotations
@@ -16,10 +26,18 @@ from dataclasses import dataclass
 from typing import IO, Protocol
 
 from edgeproxy.policy.entry import Entry
+from edgeproxy.purge import Purge
 
 
 class StoreError(Exception):
     """The store can't do what was asked (disk full, unwritable, ...)."""
+
+
+class Banned(StoreError):
+    """`BodyWriter.commit` refused the entry: a matching hard purge was issued
+    after its `request_time` (the fill raced the purge), or the fill is older
+    than the store keeps bans for. Nothing was stored; the writer is closed.
+    Callers that already ignore `StoreError` on commit need no change."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +60,11 @@ class BodyWriter(Protocol):
     async def write(self, chunk: bytes) -> None: ...
 
     async def commit(self, entry: Entry) -> Entry:
-        """Make the body and `entry` visible together; returns the stored entry."""
+        """Make the body and `entry` visible together; returns the stored entry
+        (with `key`, `variant`, `body_size` set by the store, and `soft_purged`
+        set when a soft purge raced the fill). Raises `Banned` when a hard
+        purge raced it, `StoreError` on any other failure; the writer is closed
+        either way."""
         ...
 
     async def abort(self) -> None: ...
@@ -58,15 +80,43 @@ class Store(Protocol):
     def read_body(self, body: Body, chunk_size: int = 65536) -> AsyncIterator[bytes]: ...
 
     async def update(self, entry: Entry) -> bool:
-        """Replace a variant's metadata (after a 304); False if it is gone."""
+        """Replace a variant's metadata (after a 304); False if it is gone.
+
+        Bans apply as for commit, on `entry.request_time`: a hard ban removes
+        the variant (False), a soft one keeps it marked `soft_purged`."""
         ...
 
     async def delete(self, key: str) -> int:
-        """Remove every variant of a primary key; returns how many."""
+        """Remove every variant of a primary key, and of its `key#extras` keys
+        (cachekey.key_extras) as a URL purge does; returns how many. Records
+        no ban (RFC 9111 section 4.4 invalidation, not a purge)."""
         ...
 
     async def delete_variant(self, entry: Entry) -> None: ...
 
-    async def stats(self) -> dict[str, int]: ...
+    async def purge(self, purge: Purge) -> int:
+        """Apply a purge; returns how many entries (variants) it matched.
+
+        Hard: entries are deleted. Soft: marked `soft_purged` (stale, kept for
+        revalidation; already-soft ones count too). dry_run: counted only, no
+        ban recorded, nothing touched. It acts on the variants stored when
+        it is recorded; later commits are the ban's business. The count is
+        the same in all three modes (a variant matched by two of a purge's
+        tags counts once). Prefix and tag purges use indexes, never a scan of
+        every entry. Unless dry_run, the purge is recorded as a ban (see the
+        module docstring), even when nothing matched.
+        """
+        ...
+
+    async def entries(
+        self, prefix: str = "", tag: str | None = None, limit: int = 100
+    ) -> list[Entry]:
+        """Stored variants whose key starts with `prefix` (and carrying `tag`),
+        in key order (then oldest variant first), at most `limit` of them."""
+        ...
+
+    async def stats(self) -> dict[str, int]:
+        """At least {"entries": variants stored, "bytes": total size}; cheap."""
+        ...
 
     async def close(self) -> None: ...

@@ -1,17 +1,65 @@
 """The diskcache-backed store: SQLite index plus files, shared by worker processes.
 
-Layout, all in one diskcache directory:
-- `i:<primary key>`: the JSON list of that URL's variants (Entry metadata);
-- `b:<variant id>`: the body, inline in SQLite when small, a file when large.
+Layout, all in one diskcache directory (one SQLite database, WAL mode):
+- diskcache's own `Cache` table holds only bodies, under `b:<variant id>`:
+  inline in SQLite when small, a file when large. diskcache evicts them by
+  size; nothing else in it is ours.
+- `edge_variants`: one row per stored variant (primary key, Vary identity,
+  soft-purge mark, Entry JSON). Indexed on (key, id), so a URL's variants, a
+  prefix purge and `entries(prefix)` are index range scans.
+- `edge_tags(tag, key, vid)`: the surrogate-key index, many-to-many, one row
+  per (tag, variant), clustered on (tag, key, vid): a tag purge or listing
+  reads only that tag's rows, in key order.
+- `edge_bans`: recent purges (kind, value, soft, issued_at), for ban checks.
+- `edge_meta`: schema version, the variant counter, the ban horizon.
 
-Index changes happen inside `Cache.transact()` (SQLite BEGIN IMMEDIATE), so
-several processes can share the directory. diskcache never decides HTTP
-freshness: no `expire=` is set; it only evicts by size. Every diskcache call
-runs on a small thread pool, never on the event loop.
+Our tables live in diskcache's database and are written on diskcache's
+connection of the calling thread, inside `Cache.transact()` (BEGIN
+IMMEDIATE), so a variant row, its tag rows and the ban check commit as one
+SQLite transaction, across threads (one connection per pool thread) and
+across the worker processes sharing the directory. No read-modify-write of
+joined strings anywhere: each tag is its own row.
 
-Eviction works per diskcache key: when a body is evicted, its index row is
-found dangling at lookup and dropped (a miss); an evicted index row orphans
-its body until size-based eviction takes it too.
+Eviction (what we chose): diskcache evicts bodies on its own, inside its own
+`set()` transaction. A trigger on its `Cache` table deletes the variant row
+of any body row that goes, in that same transaction; a trigger on
+`edge_variants` deletes the variant's tag rows and keeps the variant counter.
+So eviction never leaves index rows behind: purges and listings never meet
+an evicted entry, and `stats()` needs no scan. Index rows pointing at
+nothing can still be met (a tag row without its variant, from a database
+edited by hand): they are skipped, and dropped unless the caller is a dry
+run. A body row whose *file* vanished or whose size is wrong is found by
+`open_body`, which drops the variant: a corrupt entry is a miss.
+
+Commit order: the body goes in first (its own transaction, the file copy
+outside any lock), then one transaction checks bans, checks the body is
+still there (a concurrent `set()` may have evicted it), replaces the variant
+with the same Vary names and values, and writes the rows. A failed commit
+deletes the body it added. A crash between the two leaves an orphan body,
+unreachable and evicted by size like any other.
+
+Bans (purge.py): every non-dry purge inserts its ban rows in the
+transaction that also reads the highest variant id; the purge then works
+only on variants up to that id (in batches of BATCH per transaction, so
+other workers' commits interleave), and every later commit or update checks
+bans issued after its `request_time`. Bans older than `ban_ttl` before the
+newest purge are dropped; the newest dropped `issued_at` becomes the ban
+horizon, and a write whose request_time is before the horizon is refused as
+if banned (it might have raced a forgotten ban). No clock is read for this:
+all times are the shell's (`issued_at`, `request_time`). A fill sent at the
+very instant of the purge (request_time == issued_at) is not banned.
+
+`entries()` lists in key order, then oldest variant first (the order of
+both indexes), capped at MAX_LIST. A body file diskcache deletes inside our
+transaction goes at once, not at COMMIT (its nested transact); if we then
+roll back, the row outlives its file and `open_body` drops it later.
+Directories from the skeleton's layout (`i:<key>` JSON lists) are not read:
+those rows are evicted by size like orphan bodies.
+
+diskcache never decides HTTP freshness: no `expire=` is set. Every diskcache
+and sqlite call runs on the store's thread pool, never on the event loop.
+This uses diskcache 5.x internals (`Cache._sql`, the thread-local connection
+`transact()` opens its transaction on); `open` checks they exist.
 """
 
 from __future__ import annotations
@@ -22,24 +70,171 @@ import functools
 import json
 import logging
 import os
+import sqlite3
 import tempfile
+import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import IO, Any, TypeVar
+from dataclasses import dataclass
+from typing import IO, Any, Literal, TypeVar
 
 import diskcache
 
 from edgeproxy.policy.entry import CorruptEntry, Entry, entry_from_dict
-from edgeproxy.store.base import Body, StoreError
+from edgeproxy.purge import (
+    Purge,
+    PurgeAll,
+    PurgePrefix,
+    PurgeTags,
+    PurgeURL,
+    Target,
+    host_prefixes,
+    matches,
+)
+from edgeproxy.store.base import Banned, Body, StoreError
 
 log = logging.getLogger("edgeproxy.store")
 
 T = TypeVar("T")
+Sql = Callable[..., sqlite3.Cursor]
+Verdict = Literal["hard", "soft"] | None
 
-INDEX = "i:"
 BODY = "b:"
 MAX_VARIANTS = 32  # per URL; the oldest goes first beyond this
+SCHEMA = 1
+BATCH = 500  # variants per purge transaction
+MAX_LIST = 10_000  # cap on entries(limit=...)
+BAN_TTL = 3600.0  # seconds a ban is kept after the newest purge
+TMP_MAX_AGE = 3600.0  # leftover temp bodies (a crashed worker's) older than this go at open
+
+# Errors of the layers below, turned into StoreError (writes) or a miss (reads).
+LOW_ERRORS = (OSError, sqlite3.Error, diskcache.Timeout, UnicodeError)
+
+SCHEMA_SQL = (
+    "CREATE TABLE IF NOT EXISTS edge_meta (name TEXT PRIMARY KEY, value)",
+    "CREATE TABLE IF NOT EXISTS edge_variants ("
+    " id INTEGER PRIMARY KEY AUTOINCREMENT,"  # never reused: purges stop at the max id
+    " variant TEXT NOT NULL UNIQUE,"
+    " key TEXT NOT NULL,"
+    " vary TEXT NOT NULL,"  # JSON [names, values]: what a new response replaces
+    " soft INTEGER NOT NULL DEFAULT 0,"
+    " meta TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS edge_variants_key ON edge_variants (key, id)",
+    "CREATE TABLE IF NOT EXISTS edge_tags ("
+    " tag TEXT NOT NULL, key TEXT NOT NULL, vid INTEGER NOT NULL,"
+    " PRIMARY KEY (tag, key, vid)) WITHOUT ROWID",
+    "CREATE INDEX IF NOT EXISTS edge_tags_vid ON edge_tags (vid, tag)",
+    "CREATE TABLE IF NOT EXISTS edge_bans ("
+    " id INTEGER PRIMARY KEY, kind TEXT NOT NULL, value TEXT NOT NULL,"
+    " soft INTEGER NOT NULL, issued_at REAL NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS edge_bans_issued ON edge_bans (issued_at)",
+    "CREATE TRIGGER IF NOT EXISTS edge_variants_added AFTER INSERT ON edge_variants"
+    " BEGIN UPDATE edge_meta SET value = value + 1 WHERE name = 'variants'; END",
+    "CREATE TRIGGER IF NOT EXISTS edge_variants_gone AFTER DELETE ON edge_variants"
+    " BEGIN DELETE FROM edge_tags WHERE vid = OLD.id;"
+    " UPDATE edge_meta SET value = value - 1 WHERE name = 'variants'; END",
+    # diskcache evicting (or anyone deleting) a body takes its variant along.
+    "CREATE TRIGGER IF NOT EXISTS edge_body_gone AFTER DELETE ON Cache"
+    " WHEN OLD.raw = 1 AND typeof(OLD.key) = 'text' AND substr(OLD.key, 1, 2) = 'b:'"
+    " BEGIN DELETE FROM edge_variants WHERE variant = substr(OLD.key, 3); END",
+    "INSERT OR IGNORE INTO edge_meta (name, value) VALUES ('variants', 0)",
+)
+
+
+def prefix_end(prefix: str) -> str | None:
+    """The least string above every string that starts with `prefix`; None: no bound.
+
+    SQLite compares TEXT with memcmp on UTF-8 (BINARY collation), and UTF-8
+    byte order is code point order, so `prefix <= key < prefix_end(prefix)`
+    in SQL is exactly `key.startswith(prefix)`, and it is an index range.
+    """
+    p = prefix
+    while p:
+        last = ord(p[-1])
+        if last < 0x10FFFF:
+            nxt = last + 1
+            if 0xD800 <= nxt <= 0xDFFF:  # surrogates can't be encoded: skip them
+                nxt = 0xE000
+            return p[:-1] + chr(nxt)
+        p = p[:-1]
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class _Scan:
+    """One index walk of a purge, in (key, id) order with a cursor.
+
+    `tag` set: that tag's rows of edge_tags (`earlier` are the purge's tags
+    already walked, so a variant carrying two of them counts once). Else the
+    keys in [lo, hi) of edge_variants, or just `lo` when `exact`.
+    """
+
+    lo: str = ""
+    hi: str | None = None
+    exact: bool = False
+    tag: str | None = None
+    earlier: tuple[str, ...] = ()
+
+
+def _scans(target: Target) -> list[_Scan]:
+    match target:
+        case PurgeURL(url=url):
+            return [_Scan(url, exact=True), _Scan(url + "#", prefix_end(url + "#"))]
+        case PurgePrefix(prefix=prefix):
+            return [_Scan(prefix, prefix_end(prefix))]
+        case PurgeTags(tags=tags):
+            unique = tuple(dict.fromkeys(tags))
+            return [_Scan(tag=t, earlier=unique[:i]) for i, t in enumerate(unique)]
+        case PurgeAll(host=host):
+            if host is None:
+                return [_Scan()]
+            return [_Scan(p, prefix_end(p)) for p in host_prefixes(host)]
+
+
+def _ban_rows(target: Target) -> list[tuple[str, str]]:
+    match target:
+        case PurgeURL(url=url):
+            return [("url", url)]
+        case PurgePrefix(prefix=prefix):
+            return [("prefix", prefix)]
+        case PurgeTags(tags=tags):
+            return [("tag", t) for t in dict.fromkeys(tags)]
+        case PurgeAll(host=host):
+            return [("all", "")] if host is None else [("host", host)]
+
+
+def _ban_target(kind: str, value: str) -> Target:
+    match kind:
+        case "url":
+            return PurgeURL(value)
+        case "prefix":
+            return PurgePrefix(value)
+        case "tag":
+            return PurgeTags((value,))
+        case "host":
+            return PurgeAll(value)
+        case _:  # "all", or a kind from a newer version: err on the side of banning
+            return PurgeAll()
+
+
+def _vary_id(entry: Entry) -> str:
+    return json.dumps([list(entry.vary), list(entry.secondary)], separators=(",", ":"))
+
+
+def _tags(entry: Entry) -> list[str]:
+    return [t for t in dict.fromkeys(entry.tags) if t]
+
+
+def _decode(variant: str, soft: int, meta: Any) -> Entry:
+    try:
+        entry = entry_from_dict(json.loads(meta))
+    except (ValueError, TypeError) as e:  # CorruptEntry is a ValueError
+        raise CorruptEntry(str(e)) from e
+    if entry.variant != variant:
+        raise CorruptEntry(f"variant {entry.variant!r} stored as {variant!r}")
+    # The column is the truth: a soft purge flips it without rewriting JSON.
+    return entry if entry.soft_purged == bool(soft) else entry.with_changes(soft_purged=bool(soft))
 
 
 class DiskStore:
@@ -49,12 +244,15 @@ class DiskStore:
         directory: str,
         executor: ThreadPoolExecutor,
         spill_threshold: int,
+        ban_ttl: float = BAN_TTL,
     ) -> None:
         self._cache = cache
         self._directory = directory
         self._tmp = os.path.join(directory, "tmp")
         self._executor = executor
         self.spill_threshold = spill_threshold
+        self.ban_ttl = ban_ttl
+        self._closed = False
 
     @classmethod
     async def open(
@@ -64,57 +262,126 @@ class DiskStore:
         spill_threshold: int = 256 * 1024,
         eviction_policy: str = "least-recently-stored",
         threads: int = 4,
+        ban_ttl: float = BAN_TTL,
     ) -> DiskStore:
         executor = ThreadPoolExecutor(threads, thread_name_prefix="edgeproxy-store")
 
         def _open() -> diskcache.Cache:
-            os.makedirs(os.path.join(directory, "tmp"), exist_ok=True)
-            return diskcache.Cache(
+            tmp = os.path.join(directory, "tmp")
+            os.makedirs(tmp, exist_ok=True)
+            _sweep_tmp(tmp)
+            cache = diskcache.Cache(
                 directory,
                 size_limit=size_limit,
                 eviction_policy=eviction_policy,
                 disk_min_file_size=32 * 1024,
             )
+            try:
+                _init_schema(cache)
+            except BaseException:
+                cache.close()
+                raise
+            return cache
 
         loop = asyncio.get_running_loop()
-        cache = await loop.run_in_executor(executor, _open)
-        return cls(cache, directory, executor, spill_threshold)
+        try:
+            cache = await loop.run_in_executor(executor, _open)
+        except BaseException as e:
+            await loop.run_in_executor(None, functools.partial(executor.shutdown, wait=True))
+            if isinstance(e, LOW_ERRORS):
+                raise StoreError(f"opening cache {directory}: {e}") from e
+            raise
+        return cls(cache, directory, executor, spill_threshold, ban_ttl)
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
 
-    # -- index helpers (called on the pool) --------------------------------
-
-    def _read_index(self, key: str) -> list[Entry]:
-        raw = self._cache.get(INDEX + key)
-        if raw is None:
-            return []
+    async def _write(self, what: str, fn: Callable[..., T], *args: Any) -> T:
+        """Run a write on the pool; lower-level failures become StoreError."""
         try:
-            items = json.loads(raw)
-            if not isinstance(items, list):
-                raise CorruptEntry("index is not a list")
-            return [entry_from_dict(d) for d in items]
-        except (ValueError, CorruptEntry) as e:
-            log.warning("dropping unreadable index for %s: %s", key, e)
-            self._cache.delete(INDEX + key)
-            return []
+            return await self._run(fn, *args)
+        except LOW_ERRORS as e:
+            raise StoreError(f"{what}: {e}") from e
 
-    def _write_index(self, key: str, entries: list[Entry]) -> None:
-        if entries:
-            raw = json.dumps([e.to_dict() for e in entries], separators=(",", ":")).encode()
-            self._cache.set(INDEX + key, raw)
-        else:
-            self._cache.delete(INDEX + key)
+    # -- SQL on the calling pool thread's connection ------------------------
 
-    # -- Store protocol ------------------------------------------------------
+    @property
+    def _sql(self) -> Sql:
+        """Autocommit statements (each its own read snapshot) on this thread."""
+        sql: Sql = self._cache._sql
+        return sql
+
+    @contextlib.contextmanager
+    def _txn(self) -> Iterator[Sql]:
+        """BEGIN IMMEDIATE on this thread's connection; diskcache calls nest in it."""
+        with self._cache.transact():
+            yield self._sql
+
+    def _drop(self, sql: Sql, vid: int, variant: str) -> None:
+        """Remove one variant: its row (tags go by trigger) and its body."""
+        sql("DELETE FROM edge_variants WHERE id = ?", (vid,))
+        self._cache.delete(BODY + variant)
+
+    def _insert(self, sql: Sql, entry: Entry) -> None:
+        meta = json.dumps(entry.to_dict(), separators=(",", ":"))
+        cur = sql(
+            "INSERT INTO edge_variants (variant, key, vary, soft, meta) VALUES (?, ?, ?, ?, ?)",
+            (entry.variant, entry.key, _vary_id(entry), int(entry.soft_purged), meta),
+        )
+        self._insert_tags(sql, entry, cur.lastrowid)
+
+    def _insert_tags(self, sql: Sql, entry: Entry, vid: int | None) -> None:
+        for tag in _tags(entry):
+            sql(
+                "INSERT OR IGNORE INTO edge_tags (tag, key, vid) VALUES (?, ?, ?)",
+                (tag, entry.key, vid),
+            )
+
+    def _entries(self, rows: Sequence[tuple[int, str, int, Any]]) -> list[Entry]:
+        """Decode (id, variant, soft, meta) rows; unreadable ones are dropped."""
+        out: list[Entry] = []
+        bad: list[tuple[int, str]] = []
+        for vid, variant, soft, meta in rows:
+            try:
+                out.append(_decode(variant, soft, meta))
+            except CorruptEntry as e:
+                log.warning("dropping unreadable entry %s: %s", variant, e)
+                bad.append((vid, variant))
+        if bad:
+            with contextlib.suppress(*LOW_ERRORS), self._txn() as sql:
+                for vid, variant in bad:
+                    self._drop(sql, vid, variant)
+        return out
+
+    def _ban(self, sql: Sql, key: str, tags: Sequence[str], request_time: float) -> Verdict:
+        """Whether a purge issued after `request_time` covers this entry."""
+        row = sql("SELECT value FROM edge_meta WHERE name = 'ban_horizon'").fetchone()
+        if row is not None and request_time < row[0]:
+            return "hard"  # it may have raced a ban we no longer keep
+        verdict: Verdict = None
+        bans = sql("SELECT kind, value, soft FROM edge_bans WHERE issued_at > ?", (request_time,))
+        for kind, value, soft in bans:
+            if matches(_ban_target(kind, value), key, tags):
+                if not soft:
+                    return "hard"
+                verdict = "soft"
+        return verdict
+
+    # -- Store protocol: reads -----------------------------------------------
 
     async def lookup(self, key: str) -> list[Entry]:
         try:
-            return await self._run(self._read_index, key)
-        except (OSError, diskcache.Timeout) as e:
+            return await self._run(self._lookup, key)
+        except LOW_ERRORS as e:
             log.warning("lookup failed for %s: %s", key, e)
             return []
+
+    def _lookup(self, key: str) -> list[Entry]:
+        rows = self._sql(
+            "SELECT id, variant, soft, meta FROM edge_variants WHERE key = ? ORDER BY id", (key,)
+        ).fetchall()
+        return self._entries(rows)
 
     def open_writer(self, key: str) -> DiskWriter:
         return DiskWriter(self, key)
@@ -122,12 +389,12 @@ class DiskStore:
     async def open_body(self, entry: Entry) -> Body | None:
         try:
             return await self._run(self._open_body, entry)
-        except (OSError, diskcache.Timeout) as e:
+        except LOW_ERRORS as e:
             log.warning("body of %s unreadable: %s", entry.key, e)
             return None
 
     def _open_body(self, entry: Entry) -> Body | None:
-        value = self._cache.get(BODY + entry.variant, read=True)
+        value = self._cache.get(BODY + entry.variant, read=True)  # a missing file reads as None
         if value is None:
             body = None
         elif isinstance(value, bytes):
@@ -160,72 +427,304 @@ class DiskStore:
         finally:
             await self._run(f.close)
 
-    async def update(self, entry: Entry) -> bool:
-        return await self._run(self._update, entry)
+    async def entries(
+        self, prefix: str = "", tag: str | None = None, limit: int = 100
+    ) -> list[Entry]:
+        return await self._write("listing entries", self._list, prefix, tag, limit)
 
-    def _update(self, entry: Entry) -> bool:
-        with self._cache.transact():
-            entries = self._read_index(entry.key)
-            for i, e in enumerate(entries):
-                if e.variant == entry.variant:
-                    entries[i] = entry
-                    self._write_index(entry.key, entries)
-                    return True
-        return False
-
-    async def delete(self, key: str) -> int:
-        return await self._run(self._delete, key)
-
-    def _delete(self, key: str) -> int:
-        with self._cache.transact():
-            entries = self._read_index(key)
-            self._cache.delete(INDEX + key)
-            for e in entries:
-                self._cache.delete(BODY + e.variant)
-        return len(entries)
-
-    async def delete_variant(self, entry: Entry) -> None:
-        await self._run(self._delete_variant, entry)
-
-    def _delete_variant(self, entry: Entry) -> None:
-        with self._cache.transact():
-            entries = [e for e in self._read_index(entry.key) if e.variant != entry.variant]
-            self._write_index(entry.key, entries)
-            self._cache.delete(BODY + entry.variant)
-
-    def _commit(self, entry: Entry, data: bytes | None, tmp: IO[bytes] | None) -> None:
-        if tmp is not None:
-            tmp.flush()
-            tmp.seek(0)
-            self._cache.set(BODY + entry.variant, tmp, read=True)
+    def _list(self, prefix: str, tag: str | None, limit: int) -> list[Entry]:
+        limit = max(0, min(limit, MAX_LIST))
+        if limit == 0:
+            return []
+        end = prefix_end(prefix)
+        upper = "" if end is None else " AND {k} < ?"
+        if tag is None:
+            query = (
+                "SELECT id, variant, soft, meta FROM edge_variants WHERE key >= ?"
+                + upper.format(k="key")
+                + " ORDER BY key, id LIMIT ?"
+            )
+            args: tuple[object, ...] = (prefix,)
         else:
-            self._cache.set(BODY + entry.variant, data or b"")
-        with self._cache.transact():
-            entries = self._read_index(entry.key)
-            # A new response replaces the stored one it would be selected
-            # instead of: same Vary names and values (RFC 9111 section 4.1).
-            replaced = [
-                e for e in entries if (e.vary, e.secondary) == (entry.vary, entry.secondary)
-            ]
-            kept = [e for e in entries if e not in replaced]
-            kept.append(entry)
-            while len(kept) > MAX_VARIANTS:
-                replaced.append(kept.pop(0))
-            self._write_index(entry.key, kept)
-            for e in replaced:
-                self._cache.delete(BODY + e.variant)
+            query = (
+                "SELECT v.id, v.variant, v.soft, v.meta FROM edge_tags AS t"
+                " JOIN edge_variants AS v ON v.id = t.vid WHERE t.tag = ? AND t.key >= ?"
+                + upper.format(k="t.key")
+                + " ORDER BY t.key, t.vid LIMIT ?"
+            )
+            args = (tag, prefix)
+        if end is not None:
+            args += (end,)
+        return self._entries(self._sql(query, (*args, limit)).fetchall())
 
     async def stats(self) -> dict[str, int]:
-        def _stats() -> dict[str, int]:
-            return {"objects": len(self._cache), "bytes": int(self._cache.volume())}
+        return await self._write("reading stats", self._stats)
 
-        return await self._run(_stats)
+    def _stats(self) -> dict[str, int]:
+        # A trigger-kept counter and diskcache's own size tally: no scan.
+        (variants,) = self._sql("SELECT value FROM edge_meta WHERE name = 'variants'").fetchone()
+        return {"entries": int(variants), "bytes": int(self._cache.volume())}
+
+    # -- Store protocol: writes ----------------------------------------------
+
+    async def update(self, entry: Entry) -> bool:
+        return await self._write(f"updating {entry.key}", self._update, entry)
+
+    def _update(self, entry: Entry) -> bool:
+        with self._txn() as sql:
+            row = sql(
+                "SELECT id FROM edge_variants WHERE variant = ? AND key = ?",
+                (entry.variant, entry.key),
+            ).fetchone()
+            if row is None:
+                return False
+            (vid,) = row
+            verdict = self._ban(sql, entry.key, entry.tags, entry.request_time)
+            if verdict == "hard":
+                self._drop(sql, vid, entry.variant)
+                return False
+            if verdict == "soft":
+                entry = entry.with_changes(soft_purged=True)
+            meta = json.dumps(entry.to_dict(), separators=(",", ":"))
+            sql(
+                "UPDATE edge_variants SET vary = ?, soft = ?, meta = ? WHERE id = ?",
+                (_vary_id(entry), int(entry.soft_purged), meta, vid),
+            )
+            old = [t for (t,) in sql("SELECT tag FROM edge_tags WHERE vid = ?", (vid,))]
+            if set(old) != set(_tags(entry)):
+                sql("DELETE FROM edge_tags WHERE vid = ?", (vid,))
+                self._insert_tags(sql, entry, vid)
+        return True
+
+    async def delete(self, key: str) -> int:
+        return await self._write(f"deleting {key}", self._delete, key)
+
+    def _delete(self, key: str) -> int:
+        # The URL's `key#extras` keys are responses for the same URI too.
+        with self._txn() as sql:
+            rows = []
+            for scan in _scans(PurgeURL(key)):
+                rows += self._range_rows(sql, scan, (scan.lo, -1), None, limit=-1)
+            for _, vid, variant in rows:
+                self._drop(sql, vid, variant)
+        return len(rows)
+
+    async def delete_variant(self, entry: Entry) -> None:
+        await self._write(f"deleting {entry.key}", self._delete_variant, entry)
+
+    def _delete_variant(self, entry: Entry) -> None:
+        with self._txn() as sql:
+            row = sql("SELECT id FROM edge_variants WHERE variant = ?", (entry.variant,)).fetchone()
+            if row is not None:
+                sql("DELETE FROM edge_variants WHERE id = ?", row)
+            self._cache.delete(BODY + entry.variant)
+
+    def _commit(self, entry: Entry, data: bytes | None, tmp: IO[bytes] | None) -> Entry:
+        body_key = BODY + entry.variant
+        try:
+            if tmp is not None:
+                tmp.flush()
+                tmp.seek(0)
+                self._cache.set(body_key, tmp, read=True)
+            else:
+                self._cache.set(body_key, data or b"")
+        finally:
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    tmp.close()  # delete=True unlinks it
+        try:
+            with self._txn() as sql:
+                verdict = self._ban(sql, entry.key, entry.tags, entry.request_time)
+                if verdict == "hard":
+                    raise Banned(f"{entry.key}: a purge was issued while this response was fetched")
+                if verdict == "soft":
+                    entry = entry.with_changes(soft_purged=True)
+                present = sql("SELECT 1 FROM Cache WHERE key = ? AND raw = 1", (body_key,))
+                if present.fetchone() is None:
+                    raise StoreError(f"{entry.key}: body evicted before its commit")
+                # A new response replaces the stored one it would be selected
+                # instead of: same Vary names and values (RFC 9111 section 4.1).
+                same = sql(
+                    "SELECT id, variant FROM edge_variants WHERE key = ? AND vary = ?",
+                    (entry.key, _vary_id(entry)),
+                ).fetchall()
+                for vid, variant in same:
+                    self._drop(sql, vid, variant)
+                self._insert(sql, entry)
+                extra = sql(
+                    "SELECT id, variant FROM edge_variants WHERE key = ?"
+                    " ORDER BY id DESC LIMIT -1 OFFSET ?",
+                    (entry.key, MAX_VARIANTS),
+                ).fetchall()
+                for vid, variant in extra:
+                    self._drop(sql, vid, variant)
+        except BaseException:
+            with contextlib.suppress(*LOW_ERRORS):
+                self._cache.delete(body_key)
+            raise
+        return entry
+
+    # -- purge ---------------------------------------------------------------
+
+    async def purge(self, purge: Purge) -> int:
+        return await self._write(f"purging {purge.target}", self._purge, purge)
+
+    def _purge(self, purge: Purge) -> int:
+        if purge.dry_run:
+            max_id = self._max_id(self._sql)
+        else:
+            with self._txn() as sql:
+                self._record_ban(sql, purge)
+                # Anything above this id commits after the ban, so it was checked.
+                max_id = self._max_id(sql)
+        total = 0
+        action: Literal["hard", "soft"] = "soft" if purge.soft else "hard"
+        for scan in _scans(purge.target):
+            cursor = (scan.lo, -1)
+            while True:  # bounded: the cursor only moves up through ids <= max_id
+                if purge.dry_run:
+                    rows, counted = self._purge_batch(self._sql, scan, cursor, max_id, None)
+                else:
+                    with self._txn() as sql:
+                        rows, counted = self._purge_batch(sql, scan, cursor, max_id, action)
+                total += counted
+                if len(rows) < BATCH:
+                    break
+                cursor = (rows[-1][0], rows[-1][1])
+        return total
+
+    def _max_id(self, sql: Sql) -> int:
+        (max_id,) = sql("SELECT max(id) FROM edge_variants").fetchone()
+        return int(max_id or 0)
+
+    def _record_ban(self, sql: Sql, purge: Purge) -> None:
+        for kind, value in _ban_rows(purge.target):
+            sql(
+                "INSERT INTO edge_bans (kind, value, soft, issued_at) VALUES (?, ?, ?, ?)",
+                (kind, value, int(purge.soft), purge.issued_at),
+            )
+        cutoff = purge.issued_at - self.ban_ttl
+        (forgotten,) = sql(
+            "SELECT max(issued_at) FROM edge_bans WHERE issued_at < ?", (cutoff,)
+        ).fetchone()
+        if forgotten is not None:
+            sql("DELETE FROM edge_bans WHERE issued_at < ?", (cutoff,))
+            sql(
+                "INSERT INTO edge_meta (name, value) VALUES ('ban_horizon', ?)"
+                " ON CONFLICT (name) DO UPDATE SET value = max(value, excluded.value)",
+                (forgotten,),
+            )
+
+    def _range_rows(
+        self, sql: Sql, scan: _Scan, cursor: tuple[str, int], max_id: int | None, limit: int
+    ) -> list[tuple[str, int, str]]:
+        # The cursor alone is the lower bound (it starts at (lo, -1)): with a
+        # separate `key >= lo` SQLite would seek there and filter every
+        # batch from the start again, quadratic over a large purge.
+        if scan.exact:
+            where = ["key = ?", "id > ?"]
+            args: list[object] = [scan.lo, cursor[1]]
+        else:
+            where = ["(key, id) > (?, ?)"]
+            args = [*cursor]
+            if scan.hi is not None:
+                where.append("key < ?")
+                args.append(scan.hi)
+        if max_id is not None:
+            where.append("id <= ?")
+            args.append(max_id)
+        query = (
+            "SELECT key, id, variant FROM edge_variants WHERE "
+            + " AND ".join(where)
+            + " ORDER BY key, id LIMIT ?"
+        )
+        rows: list[tuple[str, int, str]] = sql(query, (*args, limit)).fetchall()
+        return rows
+
+    def _purge_batch(
+        self,
+        sql: Sql,
+        scan: _Scan,
+        cursor: tuple[str, int],
+        max_id: int,
+        action: Literal["hard", "soft"] | None,
+    ) -> tuple[list[tuple[str, int, str | None]], int]:
+        """One batch of a scan: returns the rows walked and how many variants count."""
+        rows: list[tuple[str, int, str | None]]
+        if scan.tag is None:
+            rows = list(self._range_rows(sql, scan, cursor, max_id, BATCH))
+        else:
+            rows = sql(
+                "SELECT t.key, t.vid, v.variant FROM edge_tags AS t"
+                " LEFT JOIN edge_variants AS v ON v.id = t.vid"
+                " WHERE t.tag = ? AND (t.key, t.vid) > (?, ?) AND t.vid <= ?"
+                " ORDER BY t.key, t.vid LIMIT ?",
+                (scan.tag, *cursor, max_id, BATCH),
+            ).fetchall()
+        live = [(vid, variant) for _, vid, variant in rows if variant is not None]
+        if action is not None and len(live) < len(rows):
+            # Tag rows of a variant that is gone: drop them as we meet them.
+            for _, vid, variant in rows:
+                if variant is None:
+                    sql("DELETE FROM edge_tags WHERE tag = ? AND vid = ?", (scan.tag, vid))
+        seen: set[int] = set()
+        if scan.earlier and live:
+            # Variants an earlier tag of this purge already counted.
+            marks = ",".join("?" * len(live))
+            seen = {
+                vid
+                for (vid,) in sql(
+                    f"SELECT DISTINCT vid FROM edge_tags WHERE vid IN ({marks})"
+                    " AND tag IN (SELECT value FROM json_each(?))",
+                    (*(vid for vid, _ in live), json.dumps(scan.earlier)),
+                )
+            }
+        counted = sum(1 for vid, _ in live if vid not in seen)
+        if action == "hard":
+            for vid, variant in live:
+                self._drop(sql, vid, variant)
+        elif action == "soft" and live:
+            marks = ",".join("?" * len(live))
+            sql(
+                f"UPDATE edge_variants SET soft = 1 WHERE id IN ({marks})",
+                tuple(vid for vid, _ in live),
+            )
+        return rows, counted
 
     async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         await self._run(self._cache.close)
         # Joining the pool's threads blocks: do it off the loop too.
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, functools.partial(self._executor.shutdown, wait=True))
+
+
+def _init_schema(cache: diskcache.Cache) -> None:
+    """Create our tables and triggers once, in one transaction (workers race here)."""
+    if not hasattr(cache, "_sql"):
+        raise StoreError("this diskcache version lacks Cache._sql; edgeproxy needs 5.x")
+    with cache.transact():
+        sql: Sql = cache._sql
+        for statement in SCHEMA_SQL:
+            sql(statement)
+        row = sql("SELECT value FROM edge_meta WHERE name = 'schema'").fetchone()
+        if row is None:
+            sql("INSERT INTO edge_meta (name, value) VALUES ('schema', ?)", (SCHEMA,))
+        elif row[0] != SCHEMA:
+            raise StoreError(f"cache schema {row[0]!r}, this version reads {SCHEMA}")
+
+
+def _sweep_tmp(tmp: str) -> None:
+    """Remove temp bodies a crashed worker left. A live writer's file may go
+    too; on POSIX its open handle still works, and it is unlinked on close anyway."""
+    cutoff = time.time() - TMP_MAX_AGE
+    with os.scandir(tmp) as it:
+        for f in it:
+            with contextlib.suppress(OSError):
+                if f.name.startswith("body-") and f.stat().st_mtime < cutoff:
+                    os.unlink(f.path)
 
 
 class DiskWriter:
@@ -244,6 +743,8 @@ class DiskWriter:
         return self._size
 
     async def write(self, chunk: bytes) -> None:
+        if self._done:
+            raise StoreError("writer already closed")
         self._size += len(chunk)
         if self._tmp is None and self._size <= self._store.spill_threshold:
             self._buf += chunk
@@ -265,15 +766,16 @@ class DiskWriter:
     async def commit(self, entry: Entry) -> Entry:
         if self._done:
             raise StoreError("writer already closed")
+        # The pool job owns the temp file from here (and closes it), so a
+        # cancelled commit can't race an abort closing it mid-copy.
+        self._done = True
+        tmp, self._tmp = self._tmp, None
+        data = None if tmp is not None else bytes(self._buf)
+        self._buf = bytearray()
         stored = entry.with_changes(key=self._key, variant=uuid.uuid4().hex, body_size=self._size)
-        data = None if self._tmp is not None else bytes(self._buf)
-        try:
-            await self._store._run(self._store._commit, stored, data, self._tmp)
-        except (OSError, diskcache.Timeout) as e:
-            raise StoreError(f"committing {self._key}: {e}") from e
-        finally:
-            await self.abort()
-        return stored
+        return await self._store._write(
+            f"committing {self._key}", self._store._commit, stored, data, tmp
+        )
 
     async def abort(self) -> None:
         self._done = True

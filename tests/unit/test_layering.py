@@ -12,6 +12,8 @@ PURE = [
     *sorted((PKG / "http").glob("*.py")),
     *sorted((PKG / "policy").glob("*.py")),
     PKG / "cachekey.py",
+    PKG / "purge.py",
+    PKG / "routing.py",
     PKG / "forwarding.py",
     PKG / "store" / "base.py",
 ]

@@ -1,0 +1,439 @@
+"""DiskStore internals the contract can't see: index use, triggers, bans, workers.
+
+"No full scan" is proved without timing: the SQL a purge runs is captured
+and each statement's `EXPLAIN QUERY PLAN` must search an index, and the
+SQLite VM steps a purge costs must not grow with the size of the cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import sqlite3
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edgeproxy.policy.entry import Entry
+from edgeproxy.purge import Purge, PurgeAll, PurgePrefix, PurgeTags, PurgeURL
+from edgeproxy.store.base import Banned, StoreError
+from edgeproxy.store.disk import BODY, TMP_MAX_AGE, DiskStore
+from tests.conftest import FakeClock
+from tests.contract.helpers import T0, make_entry, put, read
+
+OUR_TABLES = ("edge_variants", "edge_tags", "edge_bans", "edge_meta", "Cache")
+
+
+@pytest.fixture
+def directory(tmp_path: Path) -> Path:
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+async def store(directory: Path) -> AsyncIterator[DiskStore]:
+    # One pool thread: one connection, which the probes below instrument.
+    s = await DiskStore.open(str(directory), threads=1)
+    yield s
+    await s.close()
+
+
+def db(directory: Path) -> sqlite3.Connection:
+    return sqlite3.connect(directory / "cache.db", timeout=10, isolation_level=None)
+
+
+async def query(directory: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    def run() -> list[tuple[Any, ...]]:
+        con = db(directory)
+        try:
+            return con.execute(sql, args).fetchall()
+        finally:
+            con.close()
+
+    return await asyncio.to_thread(run)
+
+
+async def bulk(store: DiskStore, entries: list[Entry], body: bytes = b"x") -> None:
+    """Commit many entries fast: the store's own commit, in one outer transaction."""
+
+    def run() -> None:
+        with store._cache.transact():
+            for e in entries:
+                stored = e.with_changes(variant=uuid.uuid4().hex, body_size=len(body))
+                store._commit(stored, body, None)
+
+    await store._run(run)
+
+
+async def filler(store: DiskStore, n: int) -> None:
+    await bulk(
+        store,
+        [make_entry(f"http://bulk.example/{i:07d}", tags=(f"t{i}", "bulk")) for i in range(n)],
+    )
+
+
+async def hot(store: DiskStore) -> None:
+    """Ten entries the measured operations touch, among the filler."""
+    await bulk(
+        store,
+        [make_entry(f"http://hot.example/{i}", tags=("hot", f"h{i}")) for i in range(10)],
+    )
+
+
+class Probe:
+    """Counts SQLite VM steps and records statements on the store's one connection."""
+
+    def __init__(self, store: DiskStore) -> None:
+        self.store = store
+        self.steps = 0
+        self.statements: list[str] = []
+
+    def _tick(self) -> int:
+        self.steps += 1
+        return 0
+
+    async def measure(self, op: Callable[[], Awaitable[object]]) -> int:
+        def install() -> None:
+            con = self.store._cache._con
+            con.set_progress_handler(self._tick, 1)
+            con.set_trace_callback(self.statements.append)
+
+        def remove() -> None:
+            con = self.store._cache._con
+            con.set_progress_handler(None, 1)
+            con.set_trace_callback(None)
+
+        self.steps = 0
+        await self.store._run(install)
+        try:
+            await op()
+        finally:
+            await self.store._run(remove)
+        return self.steps
+
+
+OPERATIONS: dict[str, Callable[[DiskStore], Awaitable[object]]] = {
+    "tag-purge-hard": lambda s: s.purge(Purge(PurgeTags(("hot",)), issued_at=T0)),
+    "tag-purge-soft": lambda s: s.purge(Purge(PurgeTags(("hot",)), soft=True, issued_at=T0)),
+    "tag-purge-dry": lambda s: s.purge(Purge(PurgeTags(("hot", "h1")), dry_run=True)),
+    "tags-purge-overlap": lambda s: s.purge(
+        Purge(PurgeTags(("h1", "hot", "h2")), soft=True, issued_at=T0)
+    ),
+    "prefix-purge": lambda s: s.purge(Purge(PurgePrefix("http://hot.example/"), issued_at=T0)),
+    "host-purge": lambda s: s.purge(Purge(PurgeAll("hot.example"), soft=True, issued_at=T0)),
+    "url-purge": lambda s: s.purge(Purge(PurgeURL("http://hot.example/3"), issued_at=T0)),
+    "entries-by-tag": lambda s: s.entries(tag="hot"),
+    "entries-by-prefix": lambda s: s.entries(prefix="http://hot.example/"),
+    "lookup": lambda s: s.lookup("http://hot.example/3"),
+    "delete": lambda s: s.delete("http://hot.example/3"),
+    "stats": lambda s: s.stats(),
+    "commit-with-tags": lambda s: put(s, make_entry("http://hot.example/3", tags=("hot", "x"))),
+}
+
+
+SIZES = (300, 3000)
+
+
+@pytest.fixture(scope="module")
+def templates(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
+    """A cache per size, built once (outside any test's event loop) and copied."""
+
+    async def build(directory: Path, n: int) -> None:
+        s = await DiskStore.open(str(directory), threads=1)
+        try:
+            await filler(s, n)
+            await hot(s)
+            # A few bans on record, as in a live edge.
+            for i in range(5):
+                await s.purge(Purge(PurgeURL(f"http://gone.example/{i}"), issued_at=T0 - 10))
+        finally:
+            await s.close()
+
+    root = tmp_path_factory.mktemp("templates")
+    made = {}
+    for n in SIZES:
+        asyncio.run(build(root / str(n), n))
+        made[n] = root / str(n)
+    return made
+
+
+@pytest.mark.parametrize("name", list(OPERATIONS))
+async def test_work_does_not_grow_with_the_cache(
+    tmp_path: Path, templates: dict[int, Path], name: str
+) -> None:
+    steps = {}
+    for n in SIZES:
+        directory = tmp_path / str(n)
+        await asyncio.to_thread(shutil.copytree, templates[n], directory)
+        s = await DiskStore.open(str(directory), threads=1)
+        try:
+            steps[n] = await Probe(s).measure(lambda s=s: OPERATIONS[name](s))  # type: ignore[misc]
+        finally:
+            await s.close()
+    # A scan costs VM steps per row: 2,700 more rows would add thousands.
+    # Index seeks are one step whatever the B-tree depth.
+    assert steps[3000] - steps[300] < 100, steps
+    assert steps[3000] < steps[300] * 1.1, steps
+
+
+LARGE_PURGES: dict[str, Purge] = {
+    "all-dry": Purge(PurgeAll(), dry_run=True),
+    "all-hard": Purge(PurgeAll(), issued_at=T0),
+    "prefix-soft": Purge(PurgePrefix("http://bulk.example/"), soft=True, issued_at=T0),
+    "tag-soft": Purge(PurgeTags(("bulk",)), soft=True, issued_at=T0),
+    "tags-dry-overlap": Purge(PurgeTags(("t1", "bulk")), dry_run=True),
+}
+
+
+@pytest.mark.parametrize("name", list(LARGE_PURGES))
+async def test_large_purges_cost_linear_work(
+    tmp_path: Path, templates: dict[int, Path], monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    # Many small batches: a batch that re-walked the index from the start
+    # of the range would make 10x the entries cost ~100x the steps.
+    monkeypatch.setattr("edgeproxy.store.disk.BATCH", 20)
+    steps, counts = {}, {}
+    for n in SIZES:
+        directory = tmp_path / str(n)
+        await asyncio.to_thread(shutil.copytree, templates[n], directory)
+        s = await DiskStore.open(str(directory), threads=1)
+        try:
+            done: list[int] = []
+
+            async def op(s: DiskStore = s, out: list[int] = done) -> None:
+                out.append(await s.purge(LARGE_PURGES[name]))
+
+            steps[n] = await Probe(s).measure(op)
+            counts[n] = done[0]
+        finally:
+            await s.close()
+    assert counts[3000] > 9 * counts[300] > 0, counts
+    assert steps[3000] < 12 * steps[300], steps
+
+
+SCAN = re.compile(r"\bSCAN (" + "|".join(OUR_TABLES) + r")\b")
+
+
+@pytest.mark.parametrize("name", list(OPERATIONS))
+async def test_statements_search_indexes(store: DiskStore, directory: Path, name: str) -> None:
+    await filler(store, 50)
+    await hot(store)
+    probe = Probe(store)
+    await probe.measure(lambda: OPERATIONS[name](store))
+    statements = sorted(
+        {s for s in probe.statements if s.split()[0] in ("SELECT", "UPDATE", "DELETE", "INSERT")}
+    )
+    assert statements
+    plans = {s: await query(directory, "EXPLAIN QUERY PLAN " + s) for s in statements}
+    scans = {s: [p[3] for p in plan if SCAN.search(p[3])] for s, plan in plans.items()}
+    assert {s: found for s, found in scans.items() if found} == {}
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [  # what the triggers run when a body, then its variant, goes
+        "DELETE FROM edge_variants WHERE variant = substr('b:abc', 3)",
+        "DELETE FROM edge_tags WHERE vid = 7",
+        "UPDATE edge_meta SET value = value - 1 WHERE name = 'variants'",
+    ],
+)
+async def test_trigger_statements_search_indexes(
+    store: DiskStore, directory: Path, statement: str
+) -> None:
+    plan = await query(directory, "EXPLAIN QUERY PLAN " + statement)
+    assert plan
+    assert [p[3] for p in plan if SCAN.search(p[3])] == []
+
+
+async def test_eviction_takes_index_rows_with_the_body(directory: Path) -> None:
+    store = await DiskStore.open(str(directory), size_limit=600_000, threads=1)
+    try:
+        for i in range(30):
+            await put(
+                store, make_entry(f"http://a.example/{i}", tags=("all", f"t{i}")), bytes(50_000)
+            )
+        survivors = await store.entries(limit=100)
+        assert 0 < len(survivors) < 30
+        for e in survivors:
+            assert await read(store, e) == bytes(50_000)  # every listed body opens
+        (variants,) = await query(directory, "SELECT count(*) FROM edge_variants")
+        (counter,) = await query(directory, "SELECT value FROM edge_meta WHERE name='variants'")
+        assert variants[0] == counter[0] == len(survivors) == (await store.stats())["entries"]
+        assert (
+            await query(
+                directory,
+                "SELECT * FROM edge_tags WHERE vid NOT IN (SELECT id FROM edge_variants)",
+            )
+            == []
+        )
+        bodies = {k for (k,) in await query(directory, "SELECT key FROM Cache")}
+        assert bodies == {BODY + e.variant for e in survivors}  # no orphan either way
+        assert await store.purge(Purge(PurgeTags(("all",)), dry_run=True)) == len(survivors)
+    finally:
+        await store.close()
+
+
+async def test_stale_tag_rows_are_skipped_and_dropped_when_met(
+    store: DiskStore, directory: Path
+) -> None:
+    gone = await put(store, make_entry("http://a.example/gone", tags=("t",)))
+    kept = await put(store, make_entry("http://a.example/kept", tags=("t",)))
+    # A tag row outliving its variant (a database edited by hand).
+    await query(directory, "DROP TRIGGER edge_variants_gone")
+    await query(directory, "DELETE FROM edge_variants WHERE variant = ?", gone.variant)
+    await store.close()
+    store = await DiskStore.open(str(directory), threads=1)  # restores the trigger
+    try:
+        stale = "SELECT count(*) FROM edge_tags WHERE vid NOT IN (SELECT id FROM edge_variants)"
+        assert await query(directory, stale) == [(1,)]
+        assert [e.variant for e in await store.entries(tag="t")] == [kept.variant]
+        assert await store.purge(Purge(PurgeTags(("t",)), dry_run=True)) == 1
+        assert await query(directory, stale) == [(1,)]  # a dry run touches nothing
+        assert await store.purge(Purge(PurgeTags(("t",)), issued_at=T0)) == 1
+        assert await query(directory, stale) == [(0,)]
+    finally:
+        await store.close()
+
+
+async def test_commit_whose_body_was_evicted_meanwhile_fails_cleanly(
+    store: DiskStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = store._cache
+    real_set = cache.set
+
+    def set_then_evict(key: str, value: Any, **kw: Any) -> bool:
+        real_set(key, value, **kw)
+        cache.delete(key)  # another worker's set() culled it
+        return True
+
+    monkeypatch.setattr(cache, "set", set_then_evict)
+    with pytest.raises(StoreError):
+        await put(store, make_entry("http://a.example/"))
+    monkeypatch.undo()
+    assert await store.lookup("http://a.example/") == []
+    assert (await store.stats())["entries"] == 0
+
+
+async def test_failed_commit_deletes_its_body(
+    store: DiskStore, directory: Path, clock: FakeClock
+) -> None:
+    sent = clock()
+    clock.advance(1)
+    await store.purge(Purge(PurgeURL("http://a.example/"), issued_at=clock()))
+    with pytest.raises(Banned):
+        await put(store, make_entry("http://a.example/", request_time=sent), bytes(100_000))
+    assert await query(directory, "SELECT key FROM Cache") == []
+
+
+async def test_bans_are_bounded_and_older_fills_refused(directory: Path) -> None:
+    store = await DiskStore.open(str(directory), threads=1, ban_ttl=100)
+    try:
+        for t in (T0, T0 + 50, T0 + 99):
+            await store.purge(Purge(PurgeURL(f"http://a.example/{t}"), issued_at=t))
+        assert len(await query(directory, "SELECT * FROM edge_bans")) == 3
+        await store.purge(Purge(PurgeURL("http://a.example/last"), issued_at=T0 + 160))
+        kept = await query(directory, "SELECT issued_at FROM edge_bans ORDER BY issued_at")
+        assert kept == [(T0 + 99,), (T0 + 160,)]
+        # A fill sent before a forgotten ban might have raced it: refused.
+        with pytest.raises(Banned):
+            await put(store, make_entry("http://a.example/other", request_time=T0 + 49))
+        await put(store, make_entry("http://a.example/other", request_time=T0 + 51))
+        assert len(await store.lookup("http://a.example/other")) == 1
+    finally:
+        await store.close()
+
+
+async def test_two_workers_share_entries_indexes_and_bans(directory: Path) -> None:
+    a = await DiskStore.open(str(directory), threads=2)
+    b = await DiskStore.open(str(directory), threads=2)
+    try:
+        stored = await put(a, make_entry("http://a.example/1", tags=("t",)), b"one")
+        [seen] = await b.lookup("http://a.example/1")
+        assert seen == stored
+        assert await read(b, seen) == b"one"
+        racing = a.open_writer("http://a.example/2")
+        await racing.write(b"two")
+        assert await b.purge(Purge(PurgeTags(("t",)), issued_at=T0 + 1)) == 1
+        assert await a.lookup("http://a.example/1") == []
+        with pytest.raises(Banned):
+            await racing.commit(make_entry("http://a.example/2", request_time=T0, tags=("t",)))
+        assert (await a.stats())["entries"] == (await b.stats())["entries"] == 0
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_concurrent_commits_and_purges_stay_consistent(
+    store: DiskStore, directory: Path
+) -> None:
+    s2 = await DiskStore.open(str(directory), threads=4)
+    try:
+        keys = [f"http://a.example/{i % 7}" for i in range(60)]
+        commits = [
+            put(s2, make_entry(k, tags=("t", k[-1]), vary=("x",), secondary=(str(i % 3),)))
+            for i, k in enumerate(keys)
+        ]
+        purges = [
+            store.purge(Purge(PurgeTags((str(d),)), soft=d % 2 == 0, issued_at=T0 - 1))
+            for d in range(7)
+        ]
+        await asyncio.gather(*commits, *purges)
+        listed = await s2.entries(limit=1000)
+        assert len(listed) == (await store.stats())["entries"]
+        assert len(listed) <= 7 * 3
+        (tags,) = await query(directory, "SELECT count(*) FROM edge_tags")
+        assert tags[0] == sum(len(e.tags) for e in listed)
+        for e in listed:
+            assert await read(store, e) is not None
+    finally:
+        await s2.close()
+
+
+async def test_a_newer_schema_is_refused(directory: Path) -> None:
+    s = await DiskStore.open(str(directory), threads=1)
+    await s.close()
+    await query(directory, "UPDATE edge_meta SET value = 99 WHERE name = 'schema'")
+    with pytest.raises(StoreError, match="schema"):
+        await DiskStore.open(str(directory), threads=1)
+
+
+async def test_leftover_temp_bodies_are_swept_at_open(directory: Path) -> None:
+    tmp = directory / "tmp"
+    tmp.mkdir(parents=True)
+    old, new = tmp / "body-old", tmp / "body-new"
+
+    def make() -> None:
+        old.write_bytes(b"crashed worker's")
+        new.write_bytes(b"live writer's")
+        past = time.time() - TMP_MAX_AGE - 60
+        os.utime(old, (past, past))
+
+    await asyncio.to_thread(make)
+    s = await DiskStore.open(str(directory), threads=1)
+    await s.close()
+    assert sorted(os.listdir(tmp)) == ["body-new"]
+
+
+async def test_errors_below_become_store_errors_or_misses(
+    store: DiskStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stored = await put(store, make_entry("http://a.example/"))
+
+    def broken(*args: Any) -> Any:
+        raise sqlite3.OperationalError("database disk image is malformed")
+
+    for name in ("_lookup", "_open_body", "_purge", "_update", "_list"):
+        monkeypatch.setattr(store, name, broken)
+    assert await store.lookup("http://a.example/") == []  # a miss, not a 500
+    assert await store.open_body(stored) is None
+    with pytest.raises(StoreError):
+        await store.purge(Purge(PurgeAll(), issued_at=T0))
+    with pytest.raises(StoreError):
+        await store.update(stored)
+    with pytest.raises(StoreError):
+        await store.entries()
