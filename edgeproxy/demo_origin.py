@@ -12,6 +12,8 @@ import time
 
 from aiohttp import web
 
+from edgeproxy.http.etags import parse_etag, parse_etag_list, weak_match
+
 START = time.time()
 
 
@@ -23,7 +25,14 @@ def _conditional(
     request: web.Request, etag: str, body: str, headers: dict[str, str]
 ) -> web.Response:
     headers = {"ETag": etag, **headers}
-    if etag in request.headers.get("If-None-Match", ""):
+    # If-None-Match by weak comparison (RFC 9110 section 13.1.2), not a substring test.
+    tags = parse_etag_list(request.headers.get("If-None-Match"))
+    ours = parse_etag(etag)
+    if (
+        tags is not None
+        and ours is not None
+        and (tags.any or any(weak_match(t, ours) for t in tags.tags))
+    ):
         return web.Response(status=304, headers=headers)
     return web.Response(text=body, headers=headers, content_type="text/plain")
 
@@ -84,4 +93,7 @@ def make_app() -> web.Application:
 
 
 def run(host: str, port: int) -> None:
-    web.run_app(make_app(), host=host, port=port, print=None)
+    # The proxy's own runner, so /echo answers extension methods too.
+    from edgeproxy.server import run_app
+
+    run_app(make_app(), host, port)

@@ -11,6 +11,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from typing import assert_never
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
@@ -35,7 +36,7 @@ from edgeproxy.policy.decide import (
     decide,
 )
 from edgeproxy.policy.entry import Entry
-from edgeproxy.policy.freshness import current_age, freshness_lifetime, ttl
+from edgeproxy.policy.freshness import current_age, ttl
 from edgeproxy.policy.invalidation import invalidation_targets
 from edgeproxy.policy.response import not_modified_fields, reuse_fields
 from edgeproxy.policy.storable import storable
@@ -55,12 +56,15 @@ class UpstreamBroke(Exception):
 async def handle(request: web.Request) -> web.StreamResponse:
     edge = request.app[EDGE]
     snap = edge.snapshot  # read once: in-flight requests keep their rules
+    target = request.raw_path
     host = request.headers.get("Host")
+    if not target.startswith("/"):
+        host, target = _absolute_form(target, host)
     if not host:
         return _text(400, "Bad Request: missing Host header (RFC 9112 section 3.2)\n")
     if snap.config.origin is None:
         return _text(502, "No origin configured\n")
-    ctx = _Exchange(request, edge, snap, host)
+    ctx = _Exchange(request, edge, snap, host, target)
     try:
         return await ctx.run()
     except EdgeError as e:
@@ -68,17 +72,37 @@ async def handle(request: web.Request) -> web.StreamResponse:
         return ctx.error_response(e)
 
 
+def _absolute_form(target: str, host: str | None) -> tuple[str | None, str]:
+    """Host and origin-form target of an absolute-form request (RFC 9112 section 3.2.2).
+
+    The target's authority wins over any Host field; anything else that isn't
+    origin-form is passed on as received.
+    """
+    try:
+        parts = urlsplit(target)
+    except ValueError:
+        return host, target
+    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+        return host, target
+    path = parts.path or "/"
+    return parts.netloc, f"{path}?{parts.query}" if parts.query else path
+
+
 class _Exchange:
     """One client request's trip through the cache."""
 
-    def __init__(self, request: web.Request, edge: EdgeState, snap: Snapshot, host: str) -> None:
+    def __init__(
+        self, request: web.Request, edge: EdgeState, snap: Snapshot, host: str, target: str
+    ) -> None:
         self.request = request
         self.edge = edge
         self.snap = snap
         self.cfg = snap.config
         self.host = host
-        self.key = primary_key("http", host, request.raw_path)
+        self.target = target  # origin-form: path and query as received, never re-encoded
+        self.key = primary_key("http", host, target)
         self.req = Request(request.method, request.headers, request_cache_control(request.headers))
+        self.fwd = Fwd.MISS  # why we went upstream, for error responses
 
     async def run(self) -> web.StreamResponse:
         method = self.request.method
@@ -101,7 +125,8 @@ class _Exchange:
                 return self.respond_text(
                     504,
                     "Gateway Timeout: only-if-cached and nothing usable is stored\n",
-                    CacheStatus(fwd=Fwd.MISS, detail="only-if-cached"),
+                    # Nothing went forward, so no fwd (RFC 9211 section 2.2).
+                    CacheStatus(detail="only-if-cached"),
                 )
             case _:
                 assert_never(decision)
@@ -118,7 +143,7 @@ class _Exchange:
             self.edge.counters["client_304"] += 1
             self._count_hit(cs)
             headers = not_modified_fields(entry, d.age)
-            return await self._send_head(304, headers, cs)
+            return await self._send_head(304, headers, cs, via=True)
         if d.outcome is Precondition.FAILED:
             return self.respond_text(412, "Precondition Failed\n", cs)
         body = None
@@ -128,7 +153,7 @@ class _Exchange:
                 return None
         self._count_hit(cs)
         headers = reuse_fields(entry, d.age, validated)
-        resp = await self._send_head(entry.status, headers, cs, length=entry.body_size)
+        resp = await self._send_head(entry.status, headers, cs, length=entry.body_size, via=True)
         if body is not None:
             try:
                 async for chunk in self.edge.store.read_body(body, CHUNK):
@@ -146,6 +171,7 @@ class _Exchange:
     async def revalidate(self, d: Revalidate) -> web.StreamResponse:
         """Validate the stored response upstream (RFC 9111 section 4.3)."""
         self.edge.counters["revalidations"] += 1
+        self.fwd = d.fwd
         clock = self.edge.clock
         request_time = clock()
         headers = self._upstream_headers(drop=CLIENT_CONDITIONALS, add=d.conditional_headers)
@@ -174,6 +200,7 @@ class _Exchange:
         return await self.relay(upstream, d.fwd, request_time, response_time, cacheable=True)
 
     async def forward(self, fwd: Fwd, cacheable: bool) -> web.StreamResponse:
+        self.fwd = fwd
         if fwd in (Fwd.URI_MISS, Fwd.VARY_MISS):
             self.edge.counters["misses"] += 1
         request_time = self.edge.clock()
@@ -212,9 +239,7 @@ class _Exchange:
         elif not with_body:
             headers.popall("content-length", None)
         self.edge.counters["origin_requests"] += 1
-        return await origin.send(
-            self.edge.session, origin_cfg, method, self.request.raw_path, headers, body
-        )
+        return await origin.send(self.edge.session, origin_cfg, method, self.target, headers, body)
 
     async def relay(
         self,
@@ -226,13 +251,15 @@ class _Exchange:
     ) -> web.StreamResponse:
         """Stream an origin response to the client, teeing it into the store."""
         policy = self.snap.policy
+        writer: BodyWriter | None = None
         try:
             writer, entry = self._plan_store(upstream, request_time, response_time, cacheable)
             cs = CacheStatus(
                 fwd=fwd,
                 fwd_status=upstream.status,
                 stored=writer is not None,
-                ttl=int(freshness_lifetime(entry, policy)) if entry is not None else None,
+                # Remaining freshness, net of any age it arrived with (RFC 9211 2.7).
+                ttl=ttl(entry, policy, response_time) if entry is not None else None,
             )
             headers = response_headers(
                 upstream.headers, version=self._version(), pseudonym=self.cfg.via
@@ -246,19 +273,29 @@ class _Exchange:
             if self.request.method == "HEAD":
                 await resp.write_eof()
                 return resp
-            complete = await self._pump(upstream, resp, writer, policy.max_object_size)
-            if writer is not None and entry is not None:
-                if complete and (length is None or writer.size == length):
-                    with contextlib.suppress(StoreError):
-                        await writer.commit(entry)
-                        self.edge.counters["stored"] += 1
-                else:
-                    await writer.abort()
+            complete, writer = await self._pump(upstream, resp, writer, policy.max_object_size)
+            # Write, then commit: only a clean end within the limit.
+            if (
+                writer is not None
+                and entry is not None
+                and complete
+                and (length is None or writer.size == length)
+            ):
+                committing, writer = writer, None  # commit closes it either way
+                try:
+                    await committing.commit(entry)
+                    self.edge.counters["stored"] += 1
+                except StoreError as e:
+                    log.warning("not stored %s: %s", self.key, e)
             if complete:
                 await resp.write_eof()
             await self._invalidate(upstream)
             return resp
         finally:
+            if writer is not None:
+                # Any other way out (a short body, an exception, cancellation)
+                # leaves nothing behind.
+                await writer.abort()
             upstream.release()
 
     def _plan_store(
@@ -308,8 +345,13 @@ class _Exchange:
         resp: web.StreamResponse,
         writer: BodyWriter | None,
         max_size: int,
-    ) -> bool:
-        """Copy the body; True on a clean end. Aborts the client on origin failure."""
+    ) -> tuple[bool, BodyWriter | None]:
+        """Copy the body: (clean end, the writer still worth committing).
+
+        A writer dropped on the way (too big, store error) is already aborted;
+        on an unclean end the caller aborts the one returned. The client's
+        connection is aborted when the origin fails.
+        """
         chunks: AsyncIterator[bytes] = upstream.content.iter_chunked(CHUNK)
         try:
             async for chunk in chunks:
@@ -322,23 +364,19 @@ class _Exchange:
                             await writer.write(chunk)
                         except StoreError as e:
                             log.warning("not storing %s: %s", self.key, e)
+                            await writer.abort()
                             writer = None
                 try:
                     await resp.write(chunk)
                 except (ConnectionResetError, aiohttp.ClientConnectionResetError):
-                    # The client left: nothing partial may be stored.
-                    if writer is not None:
-                        await writer.abort()
-                    return False
+                    return False, writer  # the client left: nothing partial is stored
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as e:
-            if writer is not None:
-                await writer.abort()
             log.warning("origin broke off %s mid-body: %s", self.key, e)
             # A silent short 200 would look complete: drop the connection.
             if self.request.transport is not None:
                 self.request.transport.abort()
-            return False
-        return True
+            return False, writer
+        return True, writer
 
     async def _invalidate(self, upstream: aiohttp.ClientResponse) -> None:
         """RFC 9111 section 4.4, with targets turned into our keys."""
@@ -359,10 +397,13 @@ class _Exchange:
         headers: CIMultiDict[str],
         cs: CacheStatus,
         length: int | None = None,
+        via: bool = False,
     ) -> web.StreamResponse:
+        """Send status and fields. `via`: append our Via (RFC 9110 section 7.6.3)
+        to a response from storage; relayed ones got it in `response_headers`."""
         headers["Cache-Status"] = cs.render(self.cfg.cache.status_name)
-        if "via" not in headers:
-            headers["Via"] = via_value(self._version(), self.cfg.via)
+        if via:
+            headers.add("Via", via_value(self._version(), self.cfg.via))
         resp = web.StreamResponse(status=status, headers=headers)
         if length is not None and status not in (204, 304):
             resp.content_length = length
@@ -379,7 +420,7 @@ class _Exchange:
         resp = self.respond_text(
             e.status_hint,
             f"{_reason(e.status_hint)}: {e}\n",
-            CacheStatus(fwd=Fwd.MISS, detail=e.proxy_error.value),
+            CacheStatus(fwd=self.fwd, detail=e.proxy_error.value),
         )
         resp.headers["Proxy-Status"] = proxy_status(
             self.cfg.cache.status_name, e.proxy_error, str(e)

@@ -10,13 +10,16 @@ from tests.e2e.harness import Proxy, Reply, ScriptedOrigin
 ETAG = '"v1"'
 
 
-async def test_miss_then_hit(proxy: Proxy, origin: ScriptedOrigin, client: aiohttp.ClientSession,
-                             clock: FakeClock) -> None:
+async def test_miss_then_hit(
+    proxy: Proxy, origin: ScriptedOrigin, client: aiohttp.ClientSession, clock: FakeClock
+) -> None:
     origin.script("/a", Reply(body=b"hello", headers={"Cache-Control": "max-age=60", "ETag": ETAG}))
     async with client.get(proxy.url + "/a") as r:
         assert r.status == 200
         assert await r.read() == b"hello"
-        assert r.headers["Cache-Status"] == "edgeproxy; fwd=uri-miss; fwd-status=200; stored; ttl=60"
+        assert (
+            r.headers["Cache-Status"] == "edgeproxy; fwd=uri-miss; fwd-status=200; stored; ttl=60"
+        )
     clock.advance(10)
     async with client.get(proxy.url + "/a") as r:
         assert r.status == 200
@@ -27,16 +30,22 @@ async def test_miss_then_hit(proxy: Proxy, origin: ScriptedOrigin, client: aioht
     assert origin.hits("/a") == 1
 
 
-async def test_stale_entry_revalidated_with_304(proxy: Proxy, origin: ScriptedOrigin,
-                                                client: aiohttp.ClientSession,
-                                                clock: FakeClock) -> None:
-    origin.script("/a", Reply(body=b"hello", headers={"Cache-Control": "max-age=5", "ETag": ETAG,
-                                                       "X-Version": "1"}))
+async def test_stale_entry_revalidated_with_304(
+    proxy: Proxy, origin: ScriptedOrigin, client: aiohttp.ClientSession, clock: FakeClock
+) -> None:
+    origin.script(
+        "/a",
+        Reply(
+            body=b"hello", headers={"Cache-Control": "max-age=5", "ETag": ETAG, "X-Version": "1"}
+        ),
+    )
     async with client.get(proxy.url + "/a") as r:
         assert await r.read() == b"hello"
     clock.advance(6)
-    origin.script("/a", Reply(status=304, headers={"Cache-Control": "max-age=5", "ETag": ETAG,
-                                                    "X-Version": "2"}))
+    origin.script(
+        "/a",
+        Reply(status=304, headers={"Cache-Control": "max-age=5", "ETag": ETAG, "X-Version": "2"}),
+    )
     async with client.get(proxy.url + "/a") as r:
         assert r.status == 200
         assert await r.read() == b"hello"
@@ -53,8 +62,9 @@ async def test_stale_entry_revalidated_with_304(proxy: Proxy, origin: ScriptedOr
     assert origin.hits("/a") == 2
 
 
-async def test_client_conditional_answered_from_cache(proxy: Proxy, origin: ScriptedOrigin,
-                                                      client: aiohttp.ClientSession) -> None:
+async def test_client_conditional_answered_from_cache(
+    proxy: Proxy, origin: ScriptedOrigin, client: aiohttp.ClientSession
+) -> None:
     origin.script("/a", Reply(body=b"hello", headers={"Cache-Control": "max-age=60", "ETag": ETAG}))
     async with client.get(proxy.url + "/a") as r:
         await r.read()
