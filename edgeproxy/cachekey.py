@@ -7,6 +7,11 @@ never shared across hosts.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from edgeproxy.http.fields import Headers
+from edgeproxy.http.vary import normalise
+
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -82,3 +87,55 @@ def key_extras(parts: list[tuple[str, str | None]]) -> str:
     if not parts:
         return ""
     return "#" + "&".join(f"{name}={'' if value is None else value}" for name, value in parts)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRules:
+    """How a route builds its cache key (the `cache_key` block of a route)."""
+
+    ignore_query: bool = False
+    query_params: tuple[str, ...] | None = None  # keep only these
+    sort_query: bool = False
+    headers: tuple[str, ...] = ()  # lower-cased request field names added to the key
+    cookies: tuple[str, ...] = ()  # cookie names whose values are added to the key
+
+
+def cookie_values(headers: Headers, names: tuple[str, ...]) -> list[str | None]:
+    """The named cookies' values from Cookie field lines (RFC 6265 section 4.2)."""
+    found: dict[str, str] = {}
+    wanted = set(names)
+    for line in headers.getall("cookie", ()):
+        for pair in line.split(";"):
+            name, eq, value = pair.strip().partition("=")
+            if eq and name in wanted and name not in found:
+                found[name] = value.strip()
+    return [found.get(n) for n in names]
+
+
+def route_key(
+    rules: KeyRules, host: str, target: str, headers: Headers, scheme: str = "http"
+) -> str:
+    """The full primary key: normalised URL after the route's query rules,
+    plus any header or cookie values the route adds (as a `#` suffix)."""
+    url = primary_key(
+        scheme,
+        host,
+        apply_key_rules(
+            target,
+            ignore_query=rules.ignore_query,
+            query_params=rules.query_params,
+            sort_query=rules.sort_query,
+        )
+        if rules.ignore_query or rules.query_params is not None or rules.sort_query
+        else target,
+    )
+    if not rules.headers and not rules.cookies:
+        return url
+    parts: list[tuple[str, str | None]] = [
+        (f"h:{name}", normalise(headers, name)) for name in rules.headers
+    ]
+    parts.extend(
+        (f"c:{name}", value)
+        for name, value in zip(rules.cookies, cookie_values(headers, rules.cookies), strict=True)
+    )
+    return url + key_extras(parts)

@@ -1,11 +1,14 @@
-"""Command line: `edgeproxy serve | check-config | demo-origin`."""
+"""Command line: `edgeproxy serve | check-config | demo-origin | purge | entries`."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from edgeproxy import __version__
 from edgeproxy.config import Config, load_config, parse_address
@@ -25,6 +28,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--admin-listen", metavar="HOST:PORT", help="admin listener (default 127.0.0.1:9090)"
     )
+    s.add_argument(
+        "--no-watch", action="store_true", help="don't reload when the config file changes"
+    )
     s.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
     c = sub.add_parser("check-config", help="validate a config file and summarise it")
@@ -32,7 +38,43 @@ def _parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo-origin", help="run the bundled demo origin server")
     d.add_argument("--listen", default="127.0.0.1:8000", metavar="HOST:PORT")
+
+    pu = sub.add_parser(
+        "purge",
+        help="purge stored responses through the admin API",
+        description="Purge by URL (every variant), URL prefix, surrogate tag, or everything. "
+        "Prints the API's JSON answer.",
+    )
+    what = pu.add_mutually_exclusive_group(required=True)
+    what.add_argument("url", nargs="?", metavar="URL", help="an absolute URL: all its variants")
+    what.add_argument("--prefix", metavar="P", help="every URL starting with P (http://host/path/)")
+    what.add_argument(
+        "--tag", action="append", metavar="T", help="entries tagged T (repeat for several)"
+    )
+    what.add_argument("--all", action="store_true", help="everything (or one host with --host)")
+    pu.add_argument("--host", metavar="H", help="with --all: only this host")
+    pu.add_argument("--soft", action="store_true", help="mark stale (revalidate) instead of delete")
+    pu.add_argument("--dry-run", action="store_true", help="only count what would be purged")
+    _admin_args(pu)
+
+    e = sub.add_parser("entries", help="list stored responses through the admin API")
+    e.add_argument("--prefix", metavar="P", help="URLs starting with P")
+    e.add_argument("--tag", metavar="T", help="entries tagged T")
+    e.add_argument("--limit", type=int, metavar="N", help="at most N entries (default 100)")
+    e.add_argument("--json", action="store_true", help="print the API's raw JSON")
+    _admin_args(e)
     return p
+
+
+def _admin_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--admin",
+        metavar="URL",
+        help="admin API base URL (default: --config's admin.listen, else http://127.0.0.1:9090)",
+    )
+    p.add_argument(
+        "--config", metavar="FILE", help="read admin.listen and the token source from FILE"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -50,6 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         demo_origin.run(addr.host, addr.port)
         return 0
+    if args.command in ("purge", "entries"):
+        return _admin_command(args)
     return 2
 
 
@@ -57,26 +101,38 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    overrides = {
+        "origin": args.origin,
+        "listen": args.listen,
+        "cache_dir": args.cache_dir,
+        "admin_listen": args.admin_listen,
+    }
+    path: str | None = args.config
+
+    def load() -> Config:
+        """The file (re-read on every reload) with the flags on top."""
+        return (load_config(path) if path else Config()).with_overrides(**overrides)
+
     try:
-        config = load_config(args.config) if args.config else Config()
-        config = config.with_overrides(
-            origin=args.origin,
-            listen=args.listen,
-            cache_dir=args.cache_dir,
-            admin_listen=args.admin_listen,
-        )
+        config = load()
     except ConfigError as e:
         for line in e.errors:
             print(f"edgeproxy: {line}", file=sys.stderr)
         return 2
-    if config.origin is None:
+    if not config.routes:
         print(
-            "edgeproxy: no origin: pass --origin URL or set origin: in the config", file=sys.stderr
+            "edgeproxy: no origin: pass --origin URL or give origins and routes in the config",
+            file=sys.stderr,
         )
         return 2
     from edgeproxy import server
+    from edgeproxy.admin import AdminSetupError
 
-    server.run(config)
+    try:
+        server.run(config, load if path else None, None if args.no_watch else path)
+    except (AdminSetupError, OSError) as e:
+        print(f"edgeproxy: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -121,3 +177,65 @@ def summary(config: Config) -> str:
         default = " [default]" if r.name == config.default_route else ""
         lines.append(f"  {i}. {r.name}{default}: {where} {action}, {cache}")
     return "\n".join(lines)
+
+
+# -- admin API commands -------------------------------------------------------
+
+
+def purge_request(args: argparse.Namespace) -> dict[str, Any]:
+    """The POST /purge body for `edgeproxy purge ...` (the API validates it)."""
+    body: dict[str, Any]
+    if args.url is not None:
+        body = {"url": args.url}
+    elif args.prefix is not None:
+        body = {"prefix": args.prefix}
+    elif args.tag is not None:
+        body = {"tag": args.tag[0]} if len(args.tag) == 1 else {"tags": args.tag}
+    else:
+        body = {"all": True}
+        if args.host is not None:
+            body["host"] = args.host
+    if args.soft:
+        body["soft"] = True
+    if args.dry_run:
+        body["dry_run"] = True
+    return body
+
+
+def _admin_command(args: argparse.Namespace) -> int:
+    from edgeproxy.admin import AdminSetupError, read_token
+    from edgeproxy.admin_client import AdminClient, AdminError, admin_settings, admin_url
+
+    name = args.command
+    if name == "purge" and args.host is not None and not args.all:
+        print("edgeproxy purge: --host only goes with --all", file=sys.stderr)
+        return 2
+    if name == "entries" and args.limit is not None and args.limit < 1:
+        print("edgeproxy entries: --limit must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        config = load_config(args.config) if args.config else None
+        token = read_token(admin_settings(config))
+    except ConfigError as e:
+        for line in e.errors:
+            print(f"edgeproxy: {line}", file=sys.stderr)
+        return 2
+    except AdminSetupError as e:
+        print(f"edgeproxy: {e}", file=sys.stderr)
+        return 2
+    client = AdminClient(args.admin or admin_url(config), token)
+    try:
+        if name == "purge":
+            answer = asyncio.run(client.purge(purge_request(args)))
+        else:
+            answer = asyncio.run(client.entries(args.prefix, args.tag, args.limit))
+    except AdminError as e:
+        print(f"edgeproxy {name}: {e}", file=sys.stderr)
+        return 1
+    if name == "entries" and not args.json:
+        from edgeproxy.admin_client import format_entries
+
+        print(format_entries(answer))
+    else:
+        print(json.dumps(answer, indent=2 if name == "entries" else None))
+    return 0

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from edgeproxy.cachekey import KeyRules
 from edgeproxy.errors import ConfigError
 from edgeproxy.policy.settings import CachePolicy
 
@@ -67,17 +68,6 @@ class RouteMatch:
     hosts: tuple[str, ...] = ()  # exact or "*.example.com"; empty = any host
     path: PathMatch | None = None
     methods: frozenset[str] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class KeyRules:
-    """How a route builds its cache key (cachekey.py)."""
-
-    ignore_query: bool = False
-    query_params: tuple[str, ...] | None = None  # keep only these
-    sort_query: bool = False
-    headers: tuple[str, ...] = ()  # request header values added to the key
-    cookies: tuple[str, ...] = ()  # cookie values added to the key
 
 
 @dataclass(frozen=True, slots=True)
@@ -470,7 +460,7 @@ def parse_config(text: str, filename: str = "<config>") -> Config:
         routes.append(default_route(cfg, DEFAULT if DEFAULT in origins else next(iter(origins))))
     cfg = replace(cfg, routes=tuple(routes))
 
-    if "default_route" in top:
+    if "default_route" in top and r.value(top["default_route"]) is not None:  # null: none
         name = r.scalar(top["default_route"], "default_route", _str, "a route name")
         if name is not None and name not in {rt.name for rt in routes}:
             r.error(top["default_route"], "default_route", f"no route named {name!r}")

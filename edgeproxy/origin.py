@@ -39,13 +39,14 @@ async def send(
     target: str,
     headers: CIMultiDict[str],
     body: AsyncIterable[bytes] | None,
+    server: str | None = None,
 ) -> aiohttp.ClientResponse:
     """Send one request to the origin and return once the response head is in.
 
     `target` is the request target exactly as received (path and query),
     never re-encoded. The caller must release the response.
     """
-    url = URL(origin.url + target, encoded=True)
+    url = URL((server or origin.url) + target, encoded=True)
     timeout = aiohttp.ClientTimeout(
         total=None, sock_connect=origin.connect_timeout, sock_read=origin.read_timeout
     )

@@ -18,7 +18,8 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from edgeproxy import origin
-from edgeproxy.cachekey import primary_key
+from edgeproxy.cachekey import route_key
+from edgeproxy.config import Route
 from edgeproxy.errors import EdgeError
 from edgeproxy.forwarding import request_headers, response_headers, storable_fields, via_value
 from edgeproxy.http.cache_control import request_cache_control, response_cache_control
@@ -41,6 +42,7 @@ from edgeproxy.policy.invalidation import invalidation_targets
 from edgeproxy.policy.response import not_modified_fields, reuse_fields
 from edgeproxy.policy.storable import storable
 from edgeproxy.policy.validation import CLIENT_CONDITIONALS, merge_304, validates
+from edgeproxy.routing import apply_edits, bare_host, select_route
 from edgeproxy.state import EDGE, EdgeState, Snapshot
 from edgeproxy.store.base import BodyWriter, StoreError
 
@@ -62,9 +64,14 @@ async def handle(request: web.Request) -> web.StreamResponse:
         host, target = _absolute_form(target, host)
     if not host:
         return _text(400, "Bad Request: missing Host header (RFC 9112 section 3.2)\n")
-    if snap.config.origin is None:
-        return _text(502, "No origin configured\n")
-    ctx = _Exchange(request, edge, snap, host, target)
+    cfg = snap.config
+    path = target.partition("?")[0]
+    route = select_route(cfg.routes, cfg.default_route, host, path, request.method)
+    if route is None:
+        return _text(404, f"Not Found: no route matches {bare_host(host)}{path}\n")
+    if route.origin is None:
+        return _text(404, f"Not Found: route {route.name!r} has no origin\n")
+    ctx = _Exchange(request, edge, snap, route, host, target)
     try:
         return await ctx.run()
     except EdgeError as e:
@@ -92,22 +99,34 @@ class _Exchange:
     """One client request's trip through the cache."""
 
     def __init__(
-        self, request: web.Request, edge: EdgeState, snap: Snapshot, host: str, target: str
+        self,
+        request: web.Request,
+        edge: EdgeState,
+        snap: Snapshot,
+        route: Route,
+        host: str,
+        target: str,
     ) -> None:
         self.request = request
         self.edge = edge
         self.snap = snap
         self.cfg = snap.config
+        self.route = route
+        self.policy = route.policy
+        assert route.origin is not None
+        self.origin = snap.config.origins[route.origin]
         self.host = host
         self.target = target  # origin-form: path and query as received, never re-encoded
-        self.key = primary_key("http", host, target)
+        self.key = route_key(route.key, host, target, request.headers)
         self.req = Request(request.method, request.headers, request_cache_control(request.headers))
         self.fwd = Fwd.MISS  # why we went upstream, for error responses
 
     async def run(self) -> web.StreamResponse:
         method = self.request.method
+        if not self.route.cache:
+            return await self.forward(Fwd.BYPASS, cacheable=False)
         candidates = await self.edge.store.lookup(self.key) if method in ("GET", "HEAD") else []
-        decision = decide(self.req, candidates, self.snap.policy, self.edge.clock())
+        decision = decide(self.req, candidates, self.policy, self.edge.clock())
         match decision:
             case Serve():
                 served = await self.serve_stored(decision)
@@ -182,14 +201,13 @@ class _Exchange:
             if validates(d.entry, upstream.headers):
                 self.edge.counters["revalidated_304"] += 1
                 merged = merge_304(d.entry, upstream.headers, request_time, response_time)
-                with contextlib.suppress(StoreError):
-                    await self.edge.store.update(merged)
+                await self._keep_merged(merged)
                 now = clock()
                 age = int(current_age(merged, now))
                 outcome = evaluate(
                     self.req.method, self.request.headers, merged.fields, merged.date
                 )
-                cs = CacheStatus(fwd=d.fwd, fwd_status=304, ttl=ttl(merged, self.snap.policy, now))
+                cs = CacheStatus(fwd=d.fwd, fwd_status=304, ttl=ttl(merged, self.policy, now))
                 served = await self.serve_stored(
                     Serve(merged, age, cs.ttl or 0, outcome), cs, validated=True
                 )
@@ -198,6 +216,26 @@ class _Exchange:
             # The 304 doesn't describe what we hold (4.3.4): fetch it whole.
             return await self.forward(d.fwd, cacheable=True)
         return await self.relay(upstream, d.fwd, request_time, response_time, cacheable=True)
+
+    async def _keep_merged(self, merged: Entry) -> None:
+        """Store the freshened response, unless the 304 made it unstorable
+        (e.g. it added no-store or private): then the old one goes too."""
+        verdict = storable(
+            "GET",
+            self.request.headers,
+            self.req.cc,
+            merged.status,
+            merged.fields,
+            merged.cache_control,
+            self.policy,
+        )
+        try:
+            if verdict.ok:
+                await self.edge.store.update(merged)
+            else:
+                await self.edge.store.delete_variant(merged)
+        except StoreError as e:
+            log.warning("could not refresh %s after 304: %s", self.key, e)
 
     async def forward(self, fwd: Fwd, cacheable: bool) -> web.StreamResponse:
         self.fwd = fwd
@@ -213,33 +251,35 @@ class _Exchange:
     def _upstream_headers(
         self, drop: tuple[str, ...] = (), add: list[tuple[str, str]] | None = None
     ) -> CIMultiDict[str]:
-        origin_cfg = self.cfg.origin
-        assert origin_cfg is not None
         peer = self.request.transport.get_extra_info("peername") if self.request.transport else None
-        return request_headers(
+        headers = request_headers(
             self.request.headers,
             version=(self.request.version.major, self.request.version.minor),
             client_ip=peer[0] if peer else None,
             host=self.host,
             scheme="http",
             pseudonym=self.cfg.via,
-            upstream_host=origin_cfg.host_header,
+            upstream_host=self.origin.host_header,
             drop=drop,
             add=add or (),
         )
+        if self.route.request_headers:
+            apply_edits(headers, self.route.request_headers)
+        return headers
 
     async def _send_upstream(
         self, method: str, headers: CIMultiDict[str], with_body: bool
     ) -> aiohttp.ClientResponse:
-        origin_cfg = self.cfg.origin
-        assert origin_cfg is not None
         body = None
         if with_body and self.request.body_exists:
             body = self.request.content.iter_chunked(CHUNK)
         elif not with_body:
             headers.popall("content-length", None)
         self.edge.counters["origin_requests"] += 1
-        return await origin.send(self.edge.session, origin_cfg, method, self.target, headers, body)
+        server = self.edge.next_server(self.origin)
+        return await origin.send(
+            self.edge.session, self.origin, method, self.target, headers, body, server
+        )
 
     async def relay(
         self,
@@ -250,7 +290,7 @@ class _Exchange:
         cacheable: bool,
     ) -> web.StreamResponse:
         """Stream an origin response to the client, teeing it into the store."""
-        policy = self.snap.policy
+        policy = self.policy
         writer: BodyWriter | None = None
         try:
             writer, entry = self._plan_store(upstream, request_time, response_time, cacheable)
@@ -305,7 +345,7 @@ class _Exchange:
         response_time: float,
         cacheable: bool,
     ) -> tuple[BodyWriter | None, Entry | None]:
-        policy = self.snap.policy
+        policy = self.policy
         if not cacheable:
             return None, None
         resp_cc = response_cache_control(upstream.headers, policy.targeted)
@@ -404,7 +444,9 @@ class _Exchange:
         headers["Cache-Status"] = cs.render(self.cfg.cache.status_name)
         if via:
             headers.add("Via", via_value(self._version(), self.cfg.via))
-        resp = web.StreamResponse(status=status, headers=headers)
+        if self.route.response_headers:
+            apply_edits(headers, self.route.response_headers)
+        resp = RelayedResponse(status=status, headers=headers)
         if length is not None and status not in (204, 304):
             resp.content_length = length
         await resp.prepare(self.request)
@@ -426,6 +468,21 @@ class _Exchange:
             self.cfg.cache.status_name, e.proxy_error, str(e)
         )
         return resp
+
+
+class RelayedResponse(web.StreamResponse):
+    """A response that carries only the fields we chose.
+
+    aiohttp fills in Server and Content-Type when absent; a proxy must not
+    invent either (RFC 9110 sections 8.3 and 10.2.4: they describe the origin
+    and its content), so both are taken out again if we didn't set them.
+    """
+
+    async def _prepare_headers(self) -> None:
+        invented = [name for name in ("Server", "Content-Type") if name not in self._headers]
+        await super()._prepare_headers()
+        for name in invented:
+            self._headers.popall(name, None)
 
 
 def _reason(status: int) -> str:

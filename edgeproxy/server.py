@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -13,7 +14,9 @@ from aiohttp import web, web_protocol
 from aiohttp.http_parser import HttpRequestParserPy
 
 from edgeproxy import origin, proxy
+from edgeproxy.admin import build_admin_app, check_bind, read_token
 from edgeproxy.config import Config
+from edgeproxy.reload import Loader, Reloader
 from edgeproxy.state import EDGE, EdgeState, Snapshot
 from edgeproxy.store.disk import DiskStore
 
@@ -99,8 +102,8 @@ def make_runner(app: web.Application, **kwargs: Any) -> web.AppRunner:
     return _Runner(app, handler_cancellation=False, access_log=None, **kwargs)
 
 
-async def serve(app: web.Application, host: str, port: int) -> None:
-    """Listen until cancelled (on SIGINT/SIGTERM), then clean up."""
+async def serve_app(app: web.Application, host: str, port: int) -> None:
+    """One app on one address until cancelled (the demo origin uses it)."""
     runner = make_runner(app, handle_signals=True)
     await runner.setup()
     try:
@@ -111,17 +114,68 @@ async def serve(app: web.Application, host: str, port: int) -> None:
 
 
 def run_app(app: web.Application, host: str, port: int) -> None:
+    with contextlib.suppress(web.GracefulExit, KeyboardInterrupt):
+        asyncio.run(serve_app(app, host, port))
+
+
+def apply_config(edge: EdgeState) -> Callable[[Config], None]:
+    """The reloader's swap: one reference, read once per request."""
+
+    def apply(config: Config) -> None:
+        edge.snapshot = snapshot(config)
+
+    return apply
+
+
+async def serve(config: Config, load: Loader | None, config_path: str | None) -> None:
+    """Run the public and admin listeners until SIGINT/SIGTERM, then clean up.
+
+    SIGHUP reloads the config; so do `POST /reload` and edits to the file.
+    """
+    token = read_token(config.admin)
+    check_bind(config.admin, token)
+    if token is None:
+        log.warning("admin listener %s has no token: open to local users only", config.admin.listen)
+    proxy_app = build_app(config)
+    runner = make_runner(proxy_app, handle_signals=True)
+    await runner.setup()
+    admin_runner: web.AppRunner | None = None
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        edge = proxy_app[EDGE]
+        reloader = Reloader(config, load, apply_config(edge), edge.clock)
+        admin_runner = web.AppRunner(build_admin_app(edge, reloader, token), access_log=None)
+        await admin_runner.setup()
+        await web.TCPSite(runner, config.listen.host, config.listen.port).start()
+        await web.TCPSite(admin_runner, config.admin.listen.host, config.admin.listen.port).start()
+        loop = asyncio.get_running_loop()
+        if load is not None:
+            loop.add_signal_handler(
+                signal.SIGHUP, lambda: tasks.append(loop.create_task(_reload(reloader)))
+            )
+        if config_path is not None:
+            tasks.append(loop.create_task(reloader.watch(config_path)))
+        log.info(
+            "edgeproxy listening on http://%s (admin http://%s), %d routes, cache in %s",
+            config.listen,
+            config.admin.listen,
+            len(config.routes),
+            config.cache.directory,
+        )
+        await asyncio.Event().wait()
+    finally:
+        for task in tasks:
+            task.cancel()
+        if admin_runner is not None:
+            await admin_runner.cleanup()
+        await runner.cleanup()
+
+
+async def _reload(reloader: Reloader) -> None:
+    await reloader.reload("SIGHUP")
+
+
+def run(config: Config, load: Loader | None = None, config_path: str | None = None) -> None:
     # On a signal asyncio.run cancels serve(), whose finally cleans up.
     with contextlib.suppress(web.GracefulExit, KeyboardInterrupt):
-        asyncio.run(serve(app, host, port))
-
-
-def run(config: Config) -> None:
-    origin_url = config.origin.url if config.origin else "(none)"
-    log.info(
-        "edgeproxy listening on http://%s in front of %s, cache in %s",
-        config.listen,
-        origin_url,
-        config.cache.directory,
-    )
-    run_app(build_app(config), config.listen.host, config.listen.port)
+        asyncio.run(serve(config, load, config_path))

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import aiohttp
 from aiohttp import web
 
-from edgeproxy.config import Config
+from edgeproxy.config import Config, OriginConfig
 from edgeproxy.policy.settings import CachePolicy
 from edgeproxy.store.base import Store
 
@@ -29,6 +29,13 @@ class EdgeState:
     session: aiohttp.ClientSession
     clock: Callable[[], float]
     counters: collections.Counter[str] = field(default_factory=collections.Counter)
+    _rotation: collections.Counter[str] = field(default_factory=collections.Counter)
+
+    def next_server(self, origin: OriginConfig) -> str:
+        """Round-robin over an origin's servers."""
+        n = self._rotation[origin.name]
+        self._rotation[origin.name] = n + 1
+        return origin.servers[n % len(origin.servers)]
 
 
 EDGE = web.AppKey("edge", EdgeState)
