@@ -25,3 +25,14 @@ class CachePolicy:
     # Targeted fields this cache obeys, most specific first (RFC 9213).
     targeted: tuple[str, ...] = ("edgeproxy-cache-control", "cdn-cache-control")
     max_object_size: int = 64 * 1024 * 1024
+    # Route defaults for RFC 5861 when the response carries no such directive
+    # (policy/stale.py); None: no stale serving unless the origin allows it.
+    stale_while_revalidate: float | None = None
+    stale_if_error: float | None = None
+    # Seconds past expiry an entry with a validator is kept so it can still be
+    # revalidated with a 304 instead of refetched (Varnish's `keep`; the swr
+    # default above plays Varnish's `grace`). Not 0: decide() revalidates stale
+    # entries (RFC 9111 section 4.3.1), and a 304 is the cheapest origin hit.
+    # One day, like heuristic_max; the store's size limit evicts sooner under
+    # pressure. See policy/stale.py keep_until.
+    grace: float = 86400.0
