@@ -142,6 +142,17 @@ SCHEMA_SQL = (
 )
 
 
+# Per connection (store/tiered.py's eviction hook): which variants a body's
+# set() evicted. TEMP objects are invisible to other connections and processes.
+EVICT_WATCH_SQL = (
+    "CREATE TEMP TABLE IF NOT EXISTS edge_evicting (watching INTEGER)",
+    "CREATE TEMP TABLE IF NOT EXISTS edge_evicted (key TEXT NOT NULL)",
+    "CREATE TEMP TRIGGER IF NOT EXISTS edge_evicted_note AFTER DELETE ON main.edge_variants"
+    " WHEN EXISTS (SELECT 1 FROM temp.edge_evicting)"  # names below resolve in temp
+    " BEGIN INSERT INTO edge_evicted (key) VALUES (OLD.key); END",
+)
+
+
 def prefix_end(prefix: str) -> str | None:
     """The least string above every string that starts with `prefix`; None: no bound.
 
@@ -253,6 +264,14 @@ class DiskStore:
         self.spill_threshold = spill_threshold
         self.ban_ttl = ban_ttl
         self._closed = False
+        # Hook for a tier in front (store/tiered.py): called on the pool
+        # thread, once a commit's body is in, with the primary keys of the
+        # variants diskcache evicted to make room for it (see _set_body).
+        self.on_evict: Callable[[list[str]], None] | None = None
+
+    @property
+    def directory(self) -> str:
+        return self._directory
 
     @classmethod
     async def open(
@@ -525,9 +544,7 @@ class DiskStore:
             if tmp is not None:
                 tmp.flush()
                 tmp.seek(0)
-                self._cache.set(body_key, tmp, read=True)
-            else:
-                self._cache.set(body_key, data or b"")
+            self._set_body(body_key, tmp if tmp is not None else data or b"")
         finally:
             if tmp is not None:
                 with contextlib.suppress(OSError):
@@ -563,6 +580,32 @@ class DiskStore:
                 self._cache.delete(body_key)
             raise
         return entry
+
+    def _set_body(self, body_key: str, value: bytes | IO[bytes]) -> None:
+        """diskcache's set, which may evict to stay under its size limit.
+
+        With `on_evict` set, a TEMP trigger (this connection's only, nothing
+        in the shared schema) notes the keys of variant rows deleted while
+        the flag row is in, i.e. by the eviction cascade of this set, and
+        the hook gets them. Evictions are committed by then, whatever
+        becomes of the commit.
+        """
+        on_evict = self.on_evict
+        if on_evict is None:
+            self._cache.set(body_key, value, read=not isinstance(value, bytes))
+            return
+        sql = self._sql
+        for statement in EVICT_WATCH_SQL:  # IF NOT EXISTS: each thread's connection once
+            sql(statement)
+        sql("INSERT INTO temp.edge_evicting VALUES (1)")
+        try:
+            self._cache.set(body_key, value, read=not isinstance(value, bytes))
+        finally:
+            sql("DELETE FROM temp.edge_evicting")
+        keys = [key for (key,) in sql("SELECT key FROM temp.edge_evicted")]
+        if keys:
+            sql("DELETE FROM temp.edge_evicted")
+            on_evict(keys)
 
     # -- purge ---------------------------------------------------------------
 

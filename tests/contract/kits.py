@@ -18,6 +18,7 @@ from typing import Literal, Protocol
 from edgeproxy.policy.entry import Entry
 from edgeproxy.store.base import Store
 from edgeproxy.store.disk import BODY, DiskStore
+from edgeproxy.store.tiered import TieredStore
 
 Damage = Literal["truncate", "remove"]
 SPILL = 64 * 1024  # the disk kit's writer spills to a temp file past this
@@ -106,4 +107,49 @@ class DiskKit:
         return sorted(os.listdir(tmp)) if tmp.exists() else []
 
 
-KITS = [DiskKit]
+class TieredKit(DiskKit):
+    """TieredStore over a DiskKit directory. Bodies up to MEMORY_OBJECT are
+    kept in memory (the suite's small and mid sizes; its large ones stay on
+    disk), and MEMORY_BYTES is small enough that the eviction test also
+    evicts from memory.
+
+    Damage happens to the disk copy; a hot copy in memory is a copy damage
+    can't reach, so the kit drops this process's hot tier as well (as a
+    restart or a memory eviction would): the store must then find the
+    damage through the tier. tests/unit/store/test_memory_tiered.py covers the
+    hot copy itself.
+    """
+
+    name = "tiered"
+    persistent = True
+    MEMORY_BYTES = 512 * 1024
+    MEMORY_OBJECT = 48 * 1024
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.store: TieredStore | None = None
+
+    async def open(self, *, size_limit: int | None = None) -> Store:
+        disk = await super().open(size_limit=size_limit)
+        assert isinstance(disk, DiskStore)
+        self.store = await TieredStore.open(
+            disk, max_bytes=self.MEMORY_BYTES, max_object=self.MEMORY_OBJECT
+        )
+        return self.store
+
+    def _cold(self) -> None:
+        if self.store is not None:
+            self.store.drop_memory()
+
+    async def damage_body(self, entry: Entry, how: Damage) -> bool:
+        done = await super().damage_body(entry, how)
+        self._cold()
+        return done
+
+    async def corrupt_index(self, entry: Entry, raw: str) -> bool:
+        done = await super().corrupt_index(entry, raw)
+        self._cold()
+        return done
+
+
+KITS: list[type[DiskKit]] = [DiskKit, TieredKit]

@@ -1,0 +1,167 @@
+"""The hot tier's memory: one process's LRU of primary keys, bounded in bytes.
+
+Per primary key it keeps what `lookup` answered (the variant list, oldest
+first, as the disk store lists them) and the bodies of those variants up to
+`max_object` bytes, each as the one frozen `Body(size, data=bytes)` every
+hit returns (no copy, no allocation). Either may be
+missing: a commit leaves the body and no list (the list changed under it),
+a variant above `max_object` keeps its list and no body.
+
+It never decides what is valid: store/tiered.py drops a key whenever the
+generation records (store/generation.py) say it may have changed, and only
+puts in what it read from disk, or committed there, since the last change.
+Pure data structure: no I/O, no clock, no locks (used from the event loop).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar, cast
+
+from edgeproxy.policy.entry import Entry
+from edgeproxy.store.base import Body
+
+T = TypeVar("T")
+
+ENTRY_OVERHEAD = 512  # bytes charged per stored variant's metadata, beyond its fields
+
+
+@dataclass(slots=True)
+class _Hot:
+    key_hash: int
+    entries: list[Entry] | None = None
+    bodies: dict[str, Body] = field(default_factory=dict)
+    nbytes: int = 0
+    meta_bytes: int = 0
+    built: dict[str, tuple[object, object]] = field(default_factory=dict)
+
+
+def metadata_size(key: str, entries: list[Entry]) -> int:
+    """What a variant list costs in memory, roughly (charged to max_bytes)."""
+    n = len(key)
+    for e in entries:
+        n += ENTRY_OVERHEAD + sum(len(k) + len(v) for k, v in e.fields.items())
+    return n
+
+
+class MemoryTier:
+    def __init__(self, max_bytes: int, max_object: int) -> None:
+        self.max_bytes = max_bytes
+        self.max_object = max_object
+        self.nbytes = 0
+        self.nbodies = 0
+        self._keys: OrderedDict[str, _Hot] = OrderedDict()
+        self._by_hash: dict[int, set[str]] = {}
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._keys
+
+    # -- reads (the hit path: dict lookups only) ---------------------------
+
+    def entries(self, key: str) -> list[Entry] | None:
+        """The key's variant list (a new list), or None: ask the disk."""
+        hot = self._keys.get(key)
+        if hot is None or hot.entries is None:
+            return None
+        self._keys.move_to_end(key)
+        return list(hot.entries)
+
+    def body(self, key: str, variant: str) -> Body | None:
+        hot = self._keys.get(key)
+        return None if hot is None else hot.bodies.get(variant)
+
+    def prebuilt(self, entry: Entry, build: Callable[[Entry], T]) -> T:
+        """`build(entry)`, kept with the hot copy of this very entry.
+
+        For per-variant work a hit would otherwise redo (header blocks):
+        it lives as long as the key's list and goes with it on any change.
+        An entry that is not the listed one (say, freshly merged after a
+        304) is built every time.
+        """
+        hot = self._keys.get(entry.key)
+        if hot is None or hot.entries is None or not any(e is entry for e in hot.entries):
+            return build(entry)
+        got = hot.built.get(entry.variant)
+        if got is not None and got[0] is build:
+            return cast(T, got[1])
+        value = build(entry)
+        hot.built[entry.variant] = (build, value)
+        return value
+
+    # -- writes -------------------------------------------------------------
+
+    def put_entries(self, key: str, key_hash: int, entries: list[Entry]) -> None:
+        """Keep the key's variant list; bodies of variants no longer listed go."""
+        hot = self._hot(key, key_hash)
+        hot.entries = list(entries)
+        listed = {e.variant for e in entries}
+        for variant in [v for v in hot.bodies if v not in listed]:
+            del hot.bodies[variant]
+            self.nbodies -= 1
+        hot.built.clear()
+        hot.meta_bytes = metadata_size(key, hot.entries)
+        self._account(key, hot)
+
+    def put_body(self, key: str, key_hash: int, variant: str, data: bytes) -> Body | None:
+        """Keep one variant's body if it is small enough; the kept Body, or None."""
+        if len(data) > self.max_object:
+            return None
+        known = self._keys.get(key)
+        listed = None if known is None else known.entries
+        if listed is not None and not any(e.variant == variant for e in listed):
+            return None  # not a variant of the list we hold
+        hot = self._hot(key, key_hash)
+        if variant not in hot.bodies:
+            self.nbodies += 1
+        body = hot.bodies[variant] = Body(len(data), data=data)
+        self._account(key, hot)
+        return body if key in self._keys else None
+
+    def drop_key(self, key: str) -> None:
+        hot = self._keys.pop(key, None)
+        if hot is not None:
+            self._forget(key, hot)
+
+    def drop_hash(self, key_hash: int) -> None:
+        """Every key with this record hash (store/generation.py)."""
+        for key in list(self._by_hash.get(key_hash, ())):
+            self.drop_key(key)
+
+    def clear(self) -> None:
+        self._keys.clear()
+        self._by_hash.clear()
+        self.nbytes = 0
+        self.nbodies = 0
+
+    # -- internals ----------------------------------------------------------
+
+    def _hot(self, key: str, key_hash: int) -> _Hot:
+        hot = self._keys.get(key)
+        if hot is None:
+            hot = self._keys[key] = _Hot(key_hash)
+            self._by_hash.setdefault(key_hash, set()).add(key)
+        return hot
+
+    def _account(self, key: str, hot: _Hot) -> None:
+        """Recharge `hot`, mark it most recent, evict least recent past the bound."""
+        size = hot.meta_bytes + sum(b.size for b in hot.bodies.values())
+        self.nbytes += size - hot.nbytes
+        hot.nbytes = size
+        self._keys.move_to_end(key)
+        while self.nbytes > self.max_bytes and self._keys:  # bounded: each turn drops a key
+            old, gone = self._keys.popitem(last=False)
+            self._forget(old, gone)
+
+    def _forget(self, key: str, hot: _Hot) -> None:
+        self.nbytes -= hot.nbytes
+        self.nbodies -= len(hot.bodies)
+        keys = self._by_hash.get(hot.key_hash)
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del self._by_hash[hot.key_hash]

@@ -1,0 +1,321 @@
+"""TieredStore: a per-process memory hot tier in front of the shared DiskStore.
+
+The hit path is the point: `lookup` and `open_body` of a hot key are dict
+lookups plus one 8-byte read of the shared generation counter, with no
+thread-pool hop and no disk I/O; `open_body` returns the very
+`Body(size, data=bytes)` it kept. Everything else goes to the disk store,
+which stays the one truth shared by the workers:
+
+- Reads that miss memory go to disk, then fill memory (a variant list; a body
+  up to `max_object` bytes, LRU-bounded by `max_bytes` in all).
+- Writes go to disk first; only when the disk transaction committed is the
+  change published (store/generation.py) and applied to memory. A commit
+  the disk refuses (`Banned`, a fill that raced a purge) never reaches
+  memory; a committed one leaves its body in memory, if small enough.
+- Every worker reads the generation counter on each lookup and drops what
+  the new records name before answering: a purge, delete, update or commit
+  in any worker is invisible in every hot tier once its call returned.
+  Evictions diskcache makes in a commit are published too (DiskStore's
+  `on_evict` hook), so memory never serves what the disk no longer holds.
+
+Racing fills are kept out by one rule: memory takes what was read from (or
+committed to) disk only if no record naming its key was published since
+just before that disk call started (`_admit`); anything doubtful is left to
+the next lookup, which reads the disk again. The tier holds only what the
+disk would answer: the same contract suite runs against both.
+
+Purges other than by URL clear every hot tier (one ALL record): they are
+rare, and the tier refills from disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import IO, Any, TypeVar
+
+from edgeproxy.policy.entry import Entry
+from edgeproxy.purge import Purge, PurgeURL
+from edgeproxy.store.base import Body, StoreError
+from edgeproxy.store.disk import DiskStore, DiskWriter
+from edgeproxy.store.generation import ALL, Generation, key_hash
+from edgeproxy.store.memory import MemoryTier
+
+log = logging.getLogger("edgeproxy.store")
+
+T = TypeVar("T")
+
+GENERATION_FILE = "generation"  # in the disk store's directory
+DEFAULT_MAX_BYTES = 64 << 20
+DEFAULT_MAX_OBJECT = 256 << 10
+
+
+class TieredStore:
+    """The Store protocol (store/base.py) over `disk`, which it owns and closes."""
+
+    def __init__(self, disk: DiskStore, gen: Generation, max_bytes: int, max_object: int) -> None:
+        self._disk = disk
+        self._gen = gen
+        self._mem = MemoryTier(max_bytes, max_object)
+        self._counter = gen.words  # [0]: the shared counter, read on every lookup
+        self._seen = gen.current()  # the last record this tier applied
+        self._closed = False
+        self.hits = 0  # lookups answered from memory
+        self.misses = 0
+        disk.on_evict = self._evicted
+
+    @classmethod
+    async def open(
+        cls,
+        disk: DiskStore,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        max_object: int = DEFAULT_MAX_OBJECT,
+    ) -> TieredStore:
+        """Map `<disk.directory>/generation` (off the loop); closes `disk` on failure."""
+        path = os.path.join(disk.directory, GENERATION_FILE)
+        loop = asyncio.get_running_loop()
+        try:
+            gen = await loop.run_in_executor(None, Generation.open, path)
+        except BaseException as e:
+            await disk.close()
+            if isinstance(e, OSError):
+                raise StoreError(f"opening {path}: {e}") from e
+            raise
+        return cls(disk, gen, max_bytes, max_object)
+
+    @property
+    def disk(self) -> DiskStore:
+        return self._disk
+
+    @property
+    def max_object(self) -> int:
+        return self._mem.max_object
+
+    # -- generation records ---------------------------------------------------
+
+    def _sync(self) -> None:
+        """Apply the records published since the last call: one memory read
+        when there are none (every read path starts here)."""
+        current: int = self._counter[0]
+        if current != self._seen:
+            changes = self._gen.changes(self._seen, current)
+            if changes is None:
+                self._mem.clear()
+            else:
+                for _, h in changes:
+                    if h == ALL:
+                        self._mem.clear()
+                        break
+                    self._mem.drop_hash(h)
+            self._seen = current
+
+    def _admit(self, h: int, since: int, own: int = 0) -> bool:
+        """Whether memory may take what a disk call begun at record `since`
+        returned for a key of hash `h`: no record but our own (`own`) that
+        names it, or everything, was published since."""
+        self._sync()
+        if self._seen == since:
+            return True
+        changes = self._gen.changes(since, self._seen)
+        if changes is None:
+            return False
+        return all(g == own or (c != ALL and c != h) for g, c in changes)
+
+    async def _publish(self, hashes: list[int]) -> int:
+        """Publish records for these keys (blocking: off the loop), then apply them."""
+        loop = asyncio.get_running_loop()
+        try:
+            g = await loop.run_in_executor(None, self._gen.publish, hashes)
+        except OSError as e:
+            self._mem.clear()  # at least this worker forgets
+            raise StoreError(f"publishing a change to the other workers: {e}") from e
+        self._sync()
+        return g
+
+    async def _apply(self, op: Coroutine[Any, Any, T], hashes: list[int]) -> T:
+        """A disk write, then its record, even if it failed half way (a purge
+        commits in batches) or the caller is cancelled meanwhile."""
+
+        async def write() -> T:
+            try:
+                return await op
+            finally:
+                await self._publish(hashes)
+
+        return await asyncio.shield(write())
+
+    def _evicted(self, keys: list[str]) -> None:
+        # DiskStore.on_evict: on its pool thread, after the eviction committed.
+        self._gen.publish(key_hash(k) for k in keys)
+
+    # -- Store protocol: reads ----------------------------------------------
+
+    async def lookup(self, key: str) -> list[Entry]:
+        self._sync()
+        found = self._mem.entries(key)
+        if found is not None:
+            self.hits += 1
+            return found
+        self.misses += 1
+        since = self._seen
+        found = await self._disk.lookup(key)
+        if not found:
+            self._mem.drop_key(key)  # bodies kept by a commit the disk no longer has
+        else:
+            h = key_hash(key)
+            if self._admit(h, since):
+                self._mem.put_entries(key, h, found)
+        return found
+
+    async def open_body(self, entry: Entry) -> Body | None:
+        self._sync()
+        hot = self._mem.body(entry.key, entry.variant)
+        if hot is not None:
+            return hot
+        since = self._seen
+        body = await self._disk.open_body(entry)
+        if body is None:
+            self._mem.drop_key(entry.key)  # the disk dropped the variant
+            return None
+        if body.size > self._mem.max_object:
+            return body
+        data = body.data
+        if data is None:
+            assert body.file is not None
+            data = await self._slurp(entry, body.file)
+            if data is None:
+                return None
+        h = key_hash(entry.key)
+        if self._admit(h, since):
+            kept = self._mem.put_body(entry.key, h, entry.variant, data)
+            if kept is not None:
+                return kept
+        return body if body.data is not None else Body(len(data), data=data)
+
+    async def _slurp(self, entry: Entry, f: IO[bytes]) -> bytes | None:
+        """A small body stored as a file, read whole (and closed) off the loop."""
+
+        def read() -> bytes:
+            with f:
+                return f.read()
+
+        loop = asyncio.get_running_loop()
+        try:
+            data = await loop.run_in_executor(None, read)
+        except OSError as e:
+            log.warning("body of %s unreadable: %s", entry.key, e)
+            return None
+        if len(data) != entry.body_size:
+            log.warning("body of %s changed size while read; a miss", entry.key)
+            return None
+        return data
+
+    def read_body(self, body: Body, chunk_size: int = 65536) -> AsyncIterator[bytes]:
+        return self._disk.read_body(body, chunk_size)
+
+    def prebuilt(self, entry: Entry, build: Callable[[Entry], T]) -> T:
+        """`build(entry)`, kept with the hot copy of `entry` while it stays
+        unchanged (MemoryTier.prebuilt): for header blocks a hit would
+        otherwise rebuild. Not part of the Store protocol."""
+        return self._mem.prebuilt(entry, build)
+
+    async def entries(
+        self, prefix: str = "", tag: str | None = None, limit: int = 100
+    ) -> list[Entry]:
+        return await self._disk.entries(prefix, tag, limit)
+
+    async def stats(self) -> dict[str, int]:
+        """The shared disk's totals, as every worker sees them (memory_stats: this one's tier)."""
+        return await self._disk.stats()
+
+    def memory_stats(self) -> dict[str, int]:
+        """This worker's hot tier: what it holds and how lookups fared."""
+        return {
+            "memory_keys": len(self._mem),
+            "memory_bodies": self._mem.nbodies,
+            "memory_bytes": self._mem.nbytes,
+            "memory_hits": self.hits,
+            "memory_misses": self.misses,
+        }
+
+    def drop_memory(self) -> None:
+        """Forget this worker's hot tier (the disk is untouched)."""
+        self._mem.clear()
+
+    # -- Store protocol: writes ---------------------------------------------
+
+    def open_writer(self, key: str) -> TieredWriter:
+        return TieredWriter(self, self._disk.open_writer(key))
+
+    async def update(self, entry: Entry) -> bool:
+        return await self._apply(self._disk.update(entry), [key_hash(entry.key)])
+
+    async def delete(self, key: str) -> int:
+        return await self._apply(self._disk.delete(key), [key_hash(key)])
+
+    async def delete_variant(self, entry: Entry) -> None:
+        await self._apply(self._disk.delete_variant(entry), [key_hash(entry.key)])
+
+    async def purge(self, purge: Purge) -> int:
+        if purge.dry_run:
+            return await self._disk.purge(purge)
+        target = purge.target
+        h = key_hash(target.url) if isinstance(target, PurgeURL) else ALL
+        return await self._apply(self._disk.purge(purge), [h])
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._disk.on_evict = None
+        self._mem.clear()
+        try:
+            await self._disk.close()  # joins its pool: no eviction hook runs after this
+        finally:
+            await asyncio.get_running_loop().run_in_executor(None, self._gen.close)
+
+
+class TieredWriter:
+    """DiskWriter plus a copy of the chunks while the body fits `max_object`."""
+
+    def __init__(self, tier: TieredStore, inner: DiskWriter) -> None:
+        self._tier = tier
+        self._inner = inner
+        self._chunks: list[bytes] | None = []
+        self._kept = 0
+
+    @property
+    def size(self) -> int:
+        return self._inner.size
+
+    async def write(self, chunk: bytes) -> None:
+        await self._inner.write(chunk)
+        if self._chunks is not None:
+            self._kept += len(chunk)
+            if self._kept > self._tier.max_object:
+                self._chunks = None  # too big for memory: the disk alone keeps it
+            else:
+                self._chunks.append(bytes(chunk))  # bytes(b) is b: no copy
+
+    async def commit(self, entry: Entry) -> Entry:
+        tier = self._tier
+        tier._sync()
+        since = tier._seen
+        chunks, self._chunks = self._chunks, None
+        # Shielded: once the disk may have it, the record must go out.
+        return await asyncio.shield(self._commit(entry, since, chunks))
+
+    async def _commit(self, entry: Entry, since: int, chunks: list[bytes] | None) -> Entry:
+        tier = self._tier
+        stored = await self._inner.commit(entry)  # Banned / StoreError: memory untouched
+        h = key_hash(stored.key)
+        own = await tier._publish([h])
+        if chunks is not None and tier._admit(h, since, own):
+            tier._mem.put_body(stored.key, h, stored.variant, b"".join(chunks))
+        return stored
+
+    async def abort(self) -> None:
+        self._chunks = None
+        await self._inner.abort()

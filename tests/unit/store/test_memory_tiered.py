@@ -1,0 +1,504 @@
+"""TieredStore (store/tiered.py): what the contract suite can't see.
+
+Two TieredStores on one directory are two workers: each has its own hot
+tier over the shared disk store and generation file. A write in one must be
+invisible in the other's memory by the time the write's call returned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from edgeproxy.policy.entry import Entry
+from edgeproxy.purge import Purge, PurgePrefix, PurgeTags, PurgeURL
+from edgeproxy.store.base import Banned
+from edgeproxy.store.disk import DiskStore
+from edgeproxy.store.tiered import TieredStore
+from tests.conftest import FakeClock
+from tests.contract.helpers import body_of, make_entry, put, read
+from tests.contract.kits import DiskKit
+
+URL = "http://a.example/page"
+OTHER = "http://other.example/"  # a key kept hot: looking it up only syncs the tier
+MAX_OBJECT = 4096
+
+
+async def open_tiered(
+    directory: Path,
+    max_bytes: int = 1 << 20,
+    max_object: int = MAX_OBJECT,
+    size_limit: int = 1 << 30,
+) -> TieredStore:
+    disk = await DiskStore.open(str(directory), size_limit=size_limit, threads=2)
+    return await TieredStore.open(disk, max_bytes=max_bytes, max_object=max_object)
+
+
+@pytest.fixture
+def directory(tmp_path: Path) -> Path:
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+async def a(directory: Path) -> AsyncIterator[TieredStore]:
+    s = await open_tiered(directory)
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+async def b(directory: Path, a: TieredStore) -> AsyncIterator[TieredStore]:
+    s = await open_tiered(directory)  # a second worker on the same directory
+    yield s
+    await s.close()
+
+
+class DiskCalls:
+    """Counts the disk store's read calls a tier makes (hits must make none)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, store: TieredStore) -> None:
+        self.calls: list[str] = []
+        disk = store.disk
+        for name in ("lookup", "open_body"):
+            original = getattr(disk, name)
+            monkeypatch.setattr(disk, name, self._counting(name, original))
+
+    def _counting(
+        self, name: str, original: Callable[..., Awaitable[Any]]
+    ) -> Callable[..., Awaitable[Any]]:
+        async def call(*args: Any) -> Any:
+            self.calls.append(name)
+            return await original(*args)
+
+        return call
+
+
+async def warm(store: TieredStore, key: str = URL) -> list[Entry]:
+    """Look up and read every variant, as serving them does: now hot."""
+    found = await store.lookup(key)
+    for entry in found:
+        assert await store.open_body(entry) is not None
+    return found
+
+
+# -- the hit path --------------------------------------------------------------
+
+
+async def test_a_hot_hit_makes_no_disk_call_and_no_copy(
+    a: TieredStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = body_of(1024)
+    stored = await put(a, make_entry(URL), data)
+    disk = DiskCalls(monkeypatch, a)
+    [found] = await a.lookup(URL)  # the commit changed the list: read once
+    first = await a.open_body(found)  # its body stayed in memory from the commit
+    assert disk.calls == ["lookup"]
+    for _ in range(3):
+        [again] = await a.lookup(URL)
+        body = await a.open_body(again)
+        assert again is found
+        assert body is first  # the one kept Body, served as is
+    assert disk.calls == ["lookup"]
+    assert first is not None and first.data == data and found == stored
+    stats = a.memory_stats()
+    assert (stats["memory_hits"], stats["memory_misses"], stats["memory_bodies"]) == (3, 1, 1)
+
+
+@pytest.mark.parametrize(
+    ("size", "in_memory"),
+    [(0, True), (MAX_OBJECT, True), (MAX_OBJECT + 1, False), (300_000, False)],
+    ids=["empty", "max-object", "one-past", "spilled-file"],
+)
+@pytest.mark.parametrize("how", ["committed", "read-from-disk"])
+async def test_bodies_above_max_object_never_enter_memory(
+    a: TieredStore, monkeypatch: pytest.MonkeyPatch, size: int, in_memory: bool, how: str
+) -> None:
+    data = body_of(size)
+    await put(a, make_entry(URL), data)
+    if how == "read-from-disk":
+        a.drop_memory()
+    [found] = await a.lookup(URL)
+    assert await read(a, found) == data
+    disk = DiskCalls(monkeypatch, a)
+    assert await read(a, found) == data
+    assert disk.calls == ([] if in_memory else ["open_body"])
+    assert a.memory_stats()["memory_bodies"] == int(in_memory)
+
+
+async def test_a_small_body_stored_as_a_file_is_read_into_memory(
+    directory: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # diskcache keeps bodies past 32 KiB as files; below max_object the tier
+    # reads one whole, once, and serves it from memory after.
+    store = await open_tiered(directory, max_object=64 * 1024)
+    try:
+        data = body_of(40 * 1024)
+        await put(store, make_entry(URL), data)
+        store.drop_memory()
+        [found] = await store.lookup(URL)
+        body = await store.open_body(found)
+        assert body is not None and body.data == data and body.file is None
+        disk = DiskCalls(monkeypatch, store)
+        assert await store.open_body(found) is body
+        assert disk.calls == []
+    finally:
+        await store.close()
+
+
+# -- other workers' writes -------------------------------------------------------
+
+
+async def _purge_url(s: TieredStore, e: Entry, clock: FakeClock) -> None:
+    await s.purge(Purge(PurgeURL(URL), issued_at=clock()))
+
+
+async def _purge_tag(s: TieredStore, e: Entry, clock: FakeClock) -> None:
+    await s.purge(Purge(PurgeTags(("t",)), issued_at=clock()))
+
+
+async def _purge_prefix(s: TieredStore, e: Entry, clock: FakeClock) -> None:
+    await s.purge(Purge(PurgePrefix("http://a.example/"), issued_at=clock()))
+
+
+async def _soft_purge(s: TieredStore, e: Entry, clock: FakeClock) -> None:
+    await s.purge(Purge(PurgeTags(("t",)), soft=True, issued_at=clock()))
+
+
+async def _delete(s: TieredStore, e: Entry, clock: FakeClock) -> None:
+    await s.delete(URL)
+
+
+async def _delete_variant(s: TieredStore, e: Entry, clock: FakeClock) -> None:
+    await s.delete_variant(e)
+
+
+async def _update(s: TieredStore, e: Entry, clock: FakeClock) -> None:
+    fields = CIMultiDict(e.fields)
+    fields["Cache-Control"] = "max-age=600"  # RFC 9111 section 4.3.4: a 304 freshens
+    await s.update(e.with_changes(fields=CIMultiDictProxy(fields), request_time=clock()))
+
+
+async def _replace(s: TieredStore, e: Entry, clock: FakeClock) -> None:
+    await put(s, make_entry(URL, request_time=clock(), tags=("t",)), b"second")
+
+
+async def _add_variant(s: TieredStore, e: Entry, clock: FakeClock) -> None:
+    # RFC 9111 section 4.1: another Vary selection is stored beside it.
+    await put(s, make_entry(URL, vary=("x",), secondary=("y",), request_time=clock()), b"y")
+
+
+WRITES: dict[str, Callable[[TieredStore, Entry, FakeClock], Awaitable[None]]] = {
+    "purge-url": _purge_url,
+    "purge-tag": _purge_tag,
+    "purge-prefix": _purge_prefix,
+    "soft-purge": _soft_purge,
+    "delete": _delete,
+    "delete-variant": _delete_variant,
+    "update": _update,
+    "replacing-commit": _replace,
+    "commit-of-another-variant": _add_variant,
+}
+
+
+@pytest.mark.parametrize("write", WRITES.values(), ids=WRITES.keys())
+@pytest.mark.parametrize("where", ["other-worker", "same-worker"])
+async def test_a_write_is_seen_through_every_hot_tier_once_it_returned(
+    a: TieredStore,
+    b: TieredStore,
+    clock: FakeClock,
+    write: Callable[[TieredStore, Entry, FakeClock], Awaitable[None]],
+    where: str,
+) -> None:
+    stored = await put(a, make_entry(URL, request_time=clock(), tags=("t",)), b"first")
+    hot_a = await warm(a)
+    hot_b = await warm(b)
+    assert hot_a == hot_b == [stored]
+    clock.advance(1)
+    await write(b if where == "other-worker" else a, stored, clock)
+    truth = await b.disk.lookup(URL)  # what the shared disk now holds
+    assert truth != [stored]  # the write changed something
+    for store in (a, b):
+        assert await store.lookup(URL) == truth
+        for entry in truth:
+            assert await read(store, entry) == await read(b.disk, entry)
+        if stored.variant not in {e.variant for e in truth}:
+            assert await store.open_body(stored) is None
+
+
+async def test_soft_purge_shows_through_memory(
+    a: TieredStore, b: TieredStore, clock: FakeClock
+) -> None:
+    await put(a, make_entry(URL, request_time=clock(), tags=("t",)), b"body")
+    await warm(a)
+    await warm(b)
+    clock.advance(1)
+    assert await b.purge(Purge(PurgeURL(URL), soft=True, issued_at=clock())) == 1
+    for store in (a, b):
+        [found] = await store.lookup(URL)
+        assert found.soft_purged  # stale now: revalidated before reuse
+        assert await read(store, found) == b"body"  # kept for that revalidation
+
+
+async def test_a_dry_run_leaves_hot_tiers_alone(
+    a: TieredStore, b: TieredStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await put(a, make_entry(URL, tags=("t",)))
+    await warm(a)
+    assert await b.purge(Purge(PurgeTags(("t",)), dry_run=True)) == 1
+    disk = DiskCalls(monkeypatch, a)
+    assert len(await a.lookup(URL)) == 1
+    assert disk.calls == []
+
+
+async def test_a_real_second_process_purge_is_seen(
+    a: TieredStore, directory: Path, clock: FakeClock
+) -> None:
+    await put(a, make_entry(URL, request_time=clock()), b"body")
+    await warm(a)
+    clock.advance(1)
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", WORKER, str(directory), URL, repr(clock())
+    )
+    assert await asyncio.wait_for(child.wait(), 60) == 0
+    assert await a.lookup(URL) == []
+
+
+WORKER = """
+import asyncio, sys
+from edgeproxy.purge import Purge, PurgeURL
+from edgeproxy.store.disk import DiskStore
+from edgeproxy.store.tiered import TieredStore
+
+async def main() -> None:
+    store = await TieredStore.open(await DiskStore.open(sys.argv[1]))
+    try:
+        assert await store.purge(Purge(PurgeURL(sys.argv[2]), issued_at=float(sys.argv[3]))) == 1
+    finally:
+        await store.close()
+
+asyncio.run(main())
+"""
+
+
+# -- races: fills and reads that a write overtook ------------------------------
+
+
+async def test_a_fill_that_raced_a_purge_stays_out_of_memory(
+    a: TieredStore, b: TieredStore, clock: FakeClock
+) -> None:
+    request_time = clock()
+    writer = a.open_writer(URL)
+    await writer.write(b"before the purge")
+    clock.advance(1)
+    await b.purge(Purge(PurgeURL(URL), issued_at=clock()))
+    with pytest.raises(Banned):
+        await writer.commit(make_entry(URL, request_time=request_time))
+    assert a.memory_stats()["memory_bodies"] == 0
+    assert await a.lookup(URL) == []
+
+
+async def test_a_fill_that_raced_a_soft_purge_is_stale_in_memory_too(
+    a: TieredStore, b: TieredStore, clock: FakeClock
+) -> None:
+    request_time = clock()
+    writer = a.open_writer(URL)
+    await writer.write(b"body")
+    clock.advance(1)
+    await b.purge(Purge(PurgeURL(URL), soft=True, issued_at=clock()))
+    stored = await writer.commit(make_entry(URL, request_time=request_time))
+    assert stored.soft_purged
+    [found] = await a.lookup(URL)
+    assert found.soft_purged
+    assert await read(a, found) == b"body"
+
+
+class Gate:
+    """Holds a disk call after it read, until the test lets it return."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, store: TieredStore, name: str) -> None:
+        self.read = asyncio.Event()
+        self.release = asyncio.Event()
+        original = getattr(store.disk, name)
+
+        async def held(*args: Any) -> Any:
+            result = await original(*args)
+            self.read.set()
+            await self.release.wait()
+            return result
+
+        monkeypatch.setattr(store.disk, name, held)
+
+
+async def test_a_lookup_overtaken_by_a_purge_does_not_fill_memory(
+    a: TieredStore, b: TieredStore, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stored = await put(a, make_entry(URL, request_time=clock()), b"body")
+    await put(a, make_entry(OTHER))
+    await warm(a, OTHER)
+    gate = Gate(monkeypatch, a, "lookup")
+    pending = asyncio.create_task(a.lookup(URL))
+    await gate.read.wait()  # it read the entry from disk...
+    clock.advance(1)
+    await b.purge(Purge(PurgeURL(URL), issued_at=clock()))  # ...the purge lands...
+    await a.lookup(OTHER)  # ...and this worker has applied its record already
+    gate.release.set()
+    assert await pending == [stored]  # ...its answer was true when read,
+    monkeypatch.undo()
+    assert await a.lookup(URL) == []  # but memory must not keep it
+
+
+async def test_a_body_read_overtaken_by_a_purge_does_not_fill_memory(
+    a: TieredStore, b: TieredStore, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stored = await put(a, make_entry(URL, request_time=clock()), b"body")
+    await put(a, make_entry(OTHER))
+    a.drop_memory()
+    await warm(a, OTHER)
+    [found] = await a.lookup(URL)
+    gate = Gate(monkeypatch, a, "open_body")
+    pending = asyncio.create_task(a.open_body(found))
+    await gate.read.wait()
+    clock.advance(1)
+    await b.purge(Purge(PurgeURL(URL), issued_at=clock()))
+    await a.lookup(OTHER)
+    gate.release.set()
+    body = await pending
+    assert body is not None and body.data == b"body"
+    monkeypatch.undo()
+    assert a.memory_stats()["memory_bodies"] == 1  # OTHER's alone
+    assert await a.open_body(stored) is None
+
+
+async def test_a_local_lookup_overtaken_by_a_local_commit_does_not_fill_memory(
+    a: TieredStore, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = await put(a, make_entry(URL, request_time=clock()), b"one")
+    gate = Gate(monkeypatch, a, "lookup")
+    pending = asyncio.create_task(a.lookup(URL))
+    await gate.read.wait()
+    monkeypatch.undo()
+    second = await put(a, make_entry(URL, request_time=clock()), b"two")  # replaces it
+    gate.release.set()
+    assert await pending == [first]
+    assert [e.variant for e in await a.lookup(URL)] == [second.variant]
+
+
+async def test_a_cancelled_purge_still_reaches_every_hot_tier(
+    a: TieredStore, b: TieredStore, clock: FakeClock
+) -> None:
+    await put(a, make_entry(URL, request_time=clock()))
+    await warm(a)
+    clock.advance(1)
+    before = asyncio.all_tasks()
+    task = asyncio.create_task(b.purge(Purge(PurgeURL(URL), issued_at=clock())))
+    await asyncio.sleep(0)  # one step (no waiting): the disk purge is on its way
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    # The shielded write and its record carry on; let them finish.
+    carried_on = asyncio.all_tasks() - before - {task}
+    assert carried_on
+    await asyncio.wait_for(asyncio.gather(*carried_on), 60)
+    assert await a.lookup(URL) == []
+
+
+# -- the disk's own changes ---------------------------------------------------------
+
+
+async def test_an_eviction_on_disk_drops_the_hot_copy_in_every_worker(
+    directory: Path, clock: FakeClock
+) -> None:
+    # diskcache evicts by size inside a commit; the committing worker
+    # publishes what went, so no tier serves what the disk no longer has.
+    stores = [await open_tiered(directory, size_limit=1 << 20) for _ in range(2)]
+    a, b = stores
+    try:
+        await put(a, make_entry(URL, request_time=clock()), body_of(1000))
+        await warm(a)
+        await warm(b)
+        for i in range(40):  # least recently stored goes first: URL's body
+            await put(a, make_entry(f"{URL}/{i}"), body_of(40 * 1024, i))
+        assert await a.disk.lookup(URL) == []
+        assert await a.lookup(URL) == []
+        assert await b.lookup(URL) == []
+    finally:
+        for s in stores:
+            await s.close()
+
+
+@pytest.mark.parametrize("damage", ["body", "index"])
+async def test_a_damaged_disk_entry_is_a_miss_through_a_cold_tier(
+    directory: Path, a: TieredStore, damage: str
+) -> None:
+    kit = DiskKit(directory.parent)
+    other = await put(a, make_entry(URL, vary=("x",), secondary=("ok",)), b"fine")
+    stored = await put(a, make_entry(URL, vary=("x",), secondary=("bad",)), body_of(100))
+    if damage == "body":
+        assert await kit.damage_body(stored, "truncate")
+    else:
+        assert await kit.corrupt_index(stored, "{not json")
+    a.drop_memory()  # cold: nothing but the disk to answer from
+    if damage == "body":
+        assert await a.open_body(stored) is None
+    assert [e.variant for e in await a.lookup(URL)] == [other.variant]
+    assert await read(a, other) == b"fine"
+
+
+async def test_a_hot_copy_outlives_damage_to_the_disk_copy(directory: Path, a: TieredStore) -> None:
+    # The memory copy was whole when read and nothing replaced it: serving
+    # it is serving the stored response. A cold worker finds the damage.
+    kit = DiskKit(directory.parent)
+    stored = await put(a, make_entry(URL), body_of(100))
+    await warm(a)
+    assert await kit.damage_body(stored, "truncate")
+    assert await read(a, stored) == body_of(100)
+
+
+# -- the rest of the surface --------------------------------------------------------
+
+
+async def test_stats_are_the_shared_totals_and_memory_stats_this_workers_tier(
+    a: TieredStore, b: TieredStore
+) -> None:
+    await put(a, make_entry(URL), b"12345")
+    await warm(a)
+    assert await a.stats() == await a.disk.stats() == await b.stats()
+    assert (await a.stats())["entries"] == 1
+    mem = a.memory_stats()
+    assert (mem["memory_keys"], mem["memory_bodies"]) == (1, 1)
+    assert mem["memory_bytes"] >= 5
+    assert b.memory_stats()["memory_keys"] == 0
+
+
+async def test_prebuilt_follows_the_hot_entry(a: TieredStore, clock: FakeClock) -> None:
+    await put(a, make_entry(URL, request_time=clock()))
+    [entry] = await warm(a)
+    built: list[Entry] = []
+
+    def build(e: Entry) -> tuple[tuple[str, str], ...]:
+        built.append(e)
+        return tuple(e.fields.items())
+
+    block = a.prebuilt(entry, build)
+    [again] = await a.lookup(URL)
+    assert a.prebuilt(again, build) is block
+    assert len(built) == 1
+    clock.advance(1)
+    await _update(a, entry, clock)  # a 304 changed it: the block is rebuilt
+    [fresh] = await a.lookup(URL)
+    assert a.prebuilt(fresh, build) != block
+    assert built[-1] is fresh
+
+
+async def test_open_fails_cleanly_and_closes_the_disk_store(directory: Path) -> None:
+    disk = await DiskStore.open(str(directory))
+    (directory / "generation").mkdir()  # not a file we can map
+    with pytest.raises(Exception, match="generation"):
+        await TieredStore.open(disk)
+    assert disk._closed
