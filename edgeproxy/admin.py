@@ -1,0 +1,391 @@
+"""The admin listener: a separate aiohttp app on its own address.
+
+Routes: `POST /purge`, `GET /entries`, `GET /stats`, `GET /config`,
+`POST /reload`, and `GET /healthz` (the only one open to all, for probes).
+
+Every route but `/healthz` needs `Authorization: Bearer <token>`, compared in
+constant time. The token comes from the environment variable named by
+`admin.token_env` (default EDGEPROXY_ADMIN_TOKEN) or the file `admin.token_file`,
+never from the YAML itself. Without a token the listener binds to loopback only
+and is open there (as Varnish's local admin is) to anything but a browser;
+it refuses any other address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from typing import Any
+
+from aiohttp import web
+
+from edgeproxy.cachekey import apply_key_rules, primary_key
+from edgeproxy.config import Address, AdminConfig, Config
+from edgeproxy.policy.entry import Entry
+from edgeproxy.policy.freshness import current_age, ttl
+from edgeproxy.policy.settings import CachePolicy
+from edgeproxy.purge import PurgeRequestError, PurgeURL, listing_prefix, parse_purge_json
+from edgeproxy.reload import Reloader
+from edgeproxy.routing import select_route
+from edgeproxy.state import EdgeState, Snapshot
+from edgeproxy.store.base import StoreError
+
+log = logging.getLogger("edgeproxy.admin")
+
+RELOADER = web.AppKey("reloader", Reloader)
+TOKEN = web.AppKey("token", str)
+PROXY_EDGE = web.AppKey("proxy_edge", EdgeState)
+HEALTH_TIMEOUT = web.AppKey("health_timeout", float)
+
+HEALTH_TIMEOUT_DEFAULT = 2.0  # seconds the store gets to answer /healthz
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 5000  # /entries page size cap (the store caps a listing at 10000)
+
+OPEN_PATHS = frozenset({"/healthz"})
+
+
+class AdminSetupError(Exception):
+    pass
+
+
+def read_token(admin: AdminConfig) -> str | None:
+    """The admin token from the environment, else from the token file."""
+    token = os.environ.get(admin.token_env, "").strip()
+    if token:
+        return token
+    if admin.token_file:
+        try:
+            with open(admin.token_file, encoding="utf-8") as f:
+                token = f.read().strip()
+        except OSError as e:
+            raise AdminSetupError(f"admin.token_file {admin.token_file}: {e.strerror or e}") from e
+        except UnicodeDecodeError as e:
+            raise AdminSetupError(f"admin.token_file {admin.token_file}: not UTF-8 text") from e
+        if not token:
+            raise AdminSetupError(f"admin.token_file {admin.token_file} is empty")
+        return token
+    return None
+
+
+def is_loopback(address: Address) -> bool:
+    if address.host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address.host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(admin: AdminConfig, token: str | None) -> None:
+    if token is None and not is_loopback(admin.listen):
+        raise AdminSetupError(
+            f"refusing to bind the admin listener to {admin.listen} without a token: set "
+            f"{admin.token_env} or admin.token_file, or listen on 127.0.0.1"
+        )
+
+
+def json_error(status: int, message: str, **extra: Any) -> web.Response:
+    return web.json_response({"error": message, **extra}, status=status)
+
+
+def _same_token(presented: str, token: str) -> bool:
+    # surrogatepass: header and environment text may carry escaped bytes;
+    # encoding both alike keeps the comparison exact and never raising.
+    return hmac.compare_digest(
+        presented.encode("utf-8", "surrogatepass"), token.encode("utf-8", "surrogatepass")
+    )
+
+
+def _browser_refusal(request: web.Request) -> str | None:
+    """Why an open (token-less) API refuses this request, if it does.
+
+    Loopback is no wall against a browser on the same machine: any page can
+    POST to 127.0.0.1 (a "simple" request needs no CORS preflight), and DNS
+    rebinding lets it read the answers. Browsers mark their requests with
+    Origin / Sec-Fetch-Site and name the page's host in Host; CLI and
+    scripts send neither, so refusing those costs operators nothing.
+    """
+    if "Origin" in request.headers or request.headers.get("Sec-Fetch-Site", "none") != "none":
+        return "browser requests need a token: set an admin token to use the API from a page"
+    # The Host field, not request.host: that falls back to a blocking getfqdn().
+    host = request.headers.get("Host")
+    if host is not None and not is_loopback(Address(_host_name(host), 0)):
+        return f"Host {host!r} is not a loopback address: refused (DNS rebinding?)"
+    return None
+
+
+def _host_name(host: str) -> str:
+    """The name part of a Host value: `[::1]:80` -> `::1`, `a:80` -> `a`."""
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    name = host.partition(":")[0] if host.count(":") == 1 else host
+    return name.lower().rstrip(".")
+
+
+@web.middleware
+async def auth_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    if request.path in OPEN_PATHS:
+        return await handler(request)
+    token = request.app.get(TOKEN)
+    if token is None:  # loopback-only, see check_bind
+        refusal = _browser_refusal(request)
+        if refusal is not None:
+            return json_error(403, refusal)
+        return await handler(request)
+    # The auth scheme is case-insensitive (RFC 9110 section 11.1).
+    scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+    if not (scheme.lower() == "bearer" and _same_token(presented.strip(" \t"), token)):
+        resp = json_error(
+            401, "missing or invalid bearer token", hint="send Authorization: Bearer <token>"
+        )
+        # A 401 carries a challenge (RFC 9110 section 15.5.2; RFC 6750 section 3).
+        resp.headers["WWW-Authenticate"] = 'Bearer realm="edgeproxy-admin"'
+        return resp
+    return await handler(request)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """200 when the proxy can serve; 503 and the reason when it can't.
+
+    The store must answer a cheap call in time (a hung or broken SQLite
+    index fails every lookup). An unwritable cache directory only warns:
+    the proxy still serves, passing responses through unstored.
+    """
+    edge = request.app[PROXY_EDGE]
+    timeout = request.app[HEALTH_TIMEOUT]
+    loop = asyncio.get_running_loop()
+    warnings: list[str] = []
+    reasons: list[str] = []
+    config = edge.snapshot.config
+    if config.origin is None:
+        reasons.append("no origin configured")
+    try:
+        await asyncio.wait_for(edge.store.stats(), timeout)
+    except TimeoutError:
+        reasons.append(f"the cache store did not answer within {timeout:g}s")
+    except Exception as e:  # a health probe reports every failure, never a 500
+        reasons.append(f"the cache store failed: {e or type(e).__name__}")
+    cache_dir = config.cache.directory
+    if not await loop.run_in_executor(None, os.access, cache_dir, os.W_OK):
+        warnings.append(f"cache directory {cache_dir} is not writable: passing through")
+    if reasons:
+        reason = "; ".join(reasons)
+        log.warning("healthz: unavailable: %s", reason)
+        return web.json_response(
+            {"status": "unavailable", "reason": reason, "warnings": warnings}, status=503
+        )
+    return web.json_response({"status": "ok", "warnings": warnings})
+
+
+async def post_purge(request: web.Request) -> web.Response:
+    """Apply one purge; the store has applied it when this answers."""
+    edge = request.app[PROXY_EDGE]
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return json_error(413, f"purge request larger than {request.client_max_size} bytes")
+    try:
+        # The ban time comes from the clock that stamps request_time (purge.py).
+        purge = parse_purge_json(body, issued_at=edge.clock())
+    except PurgeRequestError as e:
+        return json_error(400, str(e))
+    if isinstance(purge.target, PurgeURL):
+        purge = replace(purge, target=PurgeURL(stored_key(purge.target.url, edge.snapshot)))
+    try:
+        count = await edge.store.purge(purge)
+    except StoreError as e:
+        log.error("purge %s failed: %s", purge.target, e)
+        return json_error(503, f"purge failed: {e}")
+    if not purge.dry_run:
+        edge.counters["purges"] += 1
+        edge.counters["purged_entries"] += count
+    log.info(
+        "purge %s%s%s from %s: %d entries",
+        purge.target,
+        " soft" if purge.soft else "",
+        " dry-run" if purge.dry_run else "",
+        request.remote,
+        count,
+    )
+    answer: dict[str, Any] = {"purged": count, "soft": purge.soft}
+    if purge.dry_run:
+        answer["dry_run"] = True
+    return web.json_response(answer)
+
+
+def stored_key(url: str, snap: Snapshot) -> str:
+    """The key a GET of `url` is stored under: its route's query rules applied.
+
+    As `cachekey.route_key` builds it, minus the header/cookie `#extras`,
+    which a URL purge takes anyway (purge.url_covers). So a purge names the
+    URL as clients request it, e.g. with the utm_* parameters a route drops.
+    """
+    scheme, _, rest = url.partition("://")
+    authority, slash, target = rest.partition("/")
+    target = slash + target
+    route = select_route(
+        snap.config.routes, snap.config.default_route, authority, target.partition("?")[0], "GET"
+    )
+    if route is None:
+        return url
+    rules = route.key
+    if not (rules.ignore_query or rules.query_params is not None or rules.sort_query):
+        return url
+    keyed = apply_key_rules(
+        target,
+        ignore_query=rules.ignore_query,
+        query_params=rules.query_params,
+        sort_query=rules.sort_query,
+    )
+    return primary_key(scheme, authority, keyed)
+
+
+ENTRIES_PARAMS = ("prefix", "tag", "limit")
+
+
+async def get_entries(request: web.Request) -> web.Response:
+    """What is stored under `prefix` (and carrying `tag`), in key order."""
+    edge = request.app[PROXY_EDGE]
+    query = request.query
+    for name in query:
+        if name not in ENTRIES_PARAMS:
+            return json_error(400, f"unknown parameter {name!r} (allowed: prefix, tag, limit)")
+        if len(query.getall(name)) > 1:
+            return json_error(400, f"parameter {name!r} given more than once")
+    limit = _limit(query.get("limit"))
+    if limit is None:
+        return json_error(
+            400, f"limit must be a whole number from 1 to {MAX_LIMIT}, got {query['limit']!r}"
+        )
+    tag = query.get("tag")
+    if tag == "":
+        return json_error(400, "tag is empty")
+    prefix = listing_prefix(query.get("prefix", ""))
+    try:
+        # One more than asked: tells a full page from a truncated one.
+        found = await edge.store.entries(prefix, tag, limit + 1)
+    except StoreError as e:
+        return json_error(503, f"listing failed: {e}")
+    now = edge.clock()
+    snap = edge.snapshot
+    policies = {r.name: r.policy for r in snap.config.routes}
+    listed = [describe(e, policies.get(e.route, snap.policy), now) for e in found[:limit]]
+    return web.json_response(
+        {
+            "prefix": prefix,
+            "tag": tag,
+            "count": len(listed),
+            "truncated": len(found) > limit,
+            "entries": listed,
+        }
+    )
+
+
+def _limit(value: str | None) -> int | None:
+    if value is None:
+        return DEFAULT_LIMIT
+    # ASCII digits only: int() also takes " 1", "1_0" and other scripts' digits.
+    if not (value.isascii() and value.isdigit()) or len(value) > 6:
+        return None
+    n = int(value)
+    return n if 1 <= n <= MAX_LIMIT else None
+
+
+def describe(entry: Entry, policy: CachePolicy, now: float) -> dict[str, Any]:
+    """One stored variant as /entries lists it; age and ttl as of `now`."""
+    return {
+        "url": entry.key,
+        "variant": entry.variant,
+        "vary": dict(zip(entry.vary, entry.secondary, strict=False)),
+        "status": entry.status,
+        "age": int(current_age(entry, now)),
+        "ttl": ttl(entry, policy, now),
+        "size": entry.body_size,
+        "etag": entry.fields.get("ETag"),
+        "last_modified": entry.fields.get("Last-Modified"),
+        "tags": list(entry.tags),
+        "soft_purged": entry.soft_purged,
+        "route": entry.route,
+    }
+
+
+STAT_COUNTERS = (
+    "hits",
+    "misses",
+    "revalidations",
+    "revalidated_304",
+    "client_304",
+    "stored",
+    "origin_requests",
+    "purges",
+    "purged_entries",
+)
+
+
+async def get_stats(request: web.Request) -> web.Response:
+    """Store totals (shared by every worker) and this process's counters."""
+    edge = request.app[PROXY_EDGE]
+    try:
+        totals = await edge.store.stats()
+    except StoreError as e:
+        return json_error(503, f"reading stats failed: {e}")
+    counters = dict.fromkeys(STAT_COUNTERS, 0) | dict(edge.counters)
+    return web.json_response({**totals, **counters})
+
+
+async def get_config(request: web.Request) -> web.Response:
+    reloader = request.app[RELOADER]
+    return web.json_response(config_summary(reloader))
+
+
+def config_summary(reloader: Reloader) -> dict[str, Any]:
+    cfg: Config = reloader.config
+    st = reloader.status
+    return {
+        "version": st.version,
+        "loaded_at": st.loaded_at,
+        "trigger": st.trigger,
+        "source": cfg.source,
+        "last_error": st.last_error,
+        "last_error_at": st.last_error_at,
+        "restart_needed": st.restart_needed,
+        "origins": {name: list(o.servers) for name, o in cfg.origins.items()},
+        "routes": [{"name": r.name, "origin": r.origin, "cache": r.cache} for r in cfg.routes],
+        "default_route": cfg.default_route,
+    }
+
+
+async def post_reload(request: web.Request) -> web.Response:
+    reloader = request.app[RELOADER]
+    ok = await reloader.reload("admin POST /reload")
+    body = config_summary(reloader)
+    return web.json_response({"reloaded": ok, **body}, status=200 if ok else 422)
+
+
+def build_admin_app(
+    edge: EdgeState,
+    reloader: Reloader,
+    token: str | None,
+    *,
+    health_timeout: float = HEALTH_TIMEOUT_DEFAULT,
+) -> web.Application:
+    app = web.Application(middlewares=[auth_middleware], client_max_size=1 << 20)
+    app[PROXY_EDGE] = edge
+    app[RELOADER] = reloader
+    app[HEALTH_TIMEOUT] = health_timeout
+    if token is not None:
+        app[TOKEN] = token
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/config", get_config)
+    app.router.add_post("/reload", post_reload)
+    app.router.add_post("/purge", post_purge)
+    app.router.add_get("/entries", get_entries)
+    app.router.add_get("/stats", get_stats)
+    return app
