@@ -19,6 +19,7 @@ import yaml
 from edgeproxy.cachekey import KeyRules
 from edgeproxy.errors import ConfigError
 from edgeproxy.policy.settings import CachePolicy
+from edgeproxy.pool import PoolSettings, Strategy
 
 T = TypeVar("T")
 
@@ -42,6 +43,8 @@ class OriginConfig:
     read_timeout: float = 30.0
     host_header: str | None = None  # Host sent upstream; None = the server's own
     max_connections: int = 100
+    # Balancing, passive ejection and active health checks (pool.py).
+    pool: PoolSettings = field(default_factory=PoolSettings)
 
     @property
     def url(self) -> str:
@@ -111,6 +114,25 @@ class CacheConfig:
     heuristic_max: float = 86400.0
     status_name: str = "edgeproxy"
     allow_set_cookie: bool = False
+    # RFC 9213: our own targeted field, obeyed before CDN-Cache-Control; both
+    # are removed from client responses unless strip_targeted is off.
+    targeted_field: str = "Edgeproxy-Cache-Control"
+    strip_targeted: bool = True
+    # Request collapsing (collapse.py): how long a waiter waits for the
+    # leader's response head, how many may wait per key (0: no collapsing),
+    # how long a key whose response was uncacheable skips collapsing, and how
+    # much of a body is held in memory for waiters before spilling to a file
+    # (as much as the disk store holds in memory before it spills).
+    collapse_wait: float = 10.0
+    collapse_max_waiters: int = 1000
+    hit_for_pass: float = 30.0
+    collapse_buffer: int = 256 << 10
+
+    @property
+    def targeted(self) -> tuple[str, ...]:
+        """The target list, most specific first (RFC 9213 section 2.1)."""
+        own = self.targeted_field.lower()
+        return (own,) if own == "cdn-cache-control" else (own, "cdn-cache-control")
 
     def policy(self) -> CachePolicy:
         return CachePolicy(
@@ -118,7 +140,26 @@ class CacheConfig:
             heuristic_max=self.heuristic_max,
             allow_set_cookie=self.allow_set_cookie,
             max_object_size=self.max_object_size,
+            targeted=self.targeted,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    """Many edges, one cache (cluster.py): purges shared through a Redis Stream,
+    optionally a shared Redis cache tier. Off unless `redis_url` is set."""
+
+    redis_url: str | None = None
+    edge_id: str | None = None  # default: hostname:listen-port
+    namespace: str = "edgeproxy"  # Redis key prefix
+    stream_max_len: int = 100_000  # purges the stream keeps (MAXLEN ~)
+    heartbeat: float = 1.0  # seconds between an edge's heartbeats
+    edge_ttl: float = 5.0  # an edge silent this long is not live
+    wait_timeout: float = 5.0  # the bound on a purge's "wait": true
+    queue_max: int = 10_000  # purges kept while Redis is unreachable
+    shared_tier: bool = False
+    shared_max_object: int = 1 << 20
+    shared_timeout: float = 0.1  # a shared-tier lookup's budget; past it, a miss
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +171,7 @@ class Config:
     routes: tuple[Route, ...] = ()
     default_route: str | None = None
     via: str = "edgeproxy"
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     source: str | None = None  # the file it came from, for reloads
 
     @property
@@ -353,6 +395,15 @@ def _seconds(v: Any) -> float | None:
     return float(v)
 
 
+def _positive_seconds(v: Any) -> float | None:
+    s = _seconds(v)
+    return s if s is not None and s > 0 else None
+
+
+def _count(v: Any) -> int | None:
+    return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else None
+
+
 def _fraction(v: Any) -> float | None:
     if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v <= 1:
         return None
@@ -392,7 +443,17 @@ def load_config(path: str) -> Config:
     return parse_config(text, path)
 
 
-TOP_KEYS = {"listen", "admin", "origin", "origins", "routes", "default_route", "cache", "via"}
+TOP_KEYS = {
+    "listen",
+    "admin",
+    "origin",
+    "origins",
+    "routes",
+    "default_route",
+    "cache",
+    "via",
+    "cluster",
+}
 
 
 def parse_config(text: str, filename: str = "<config>") -> Config:
@@ -419,6 +480,8 @@ def parse_config(text: str, filename: str = "<config>") -> Config:
         cfg = replace(cfg, admin=_admin(r, top["admin"], "admin"))
     if "cache" in top:
         cfg = replace(cfg, cache=_cache(r, top["cache"], "cache"))
+    if "cluster" in top:
+        cfg = replace(cfg, cluster=_cluster(r, top["cluster"], "cluster"))
 
     origins: dict[str, OriginConfig] = {}
     if "origin" in top and "origins" in top:
@@ -494,8 +557,7 @@ def _origin(r: _Reader, node: yaml.Node, path: str, name: str) -> OriginConfig |
     if isinstance(node, yaml.ScalarNode):
         u = r.scalar(node, path, _origin_url, "an absolute http(s) URL with no path")
         return OriginConfig(name, (u,)) if u else None
-    allowed = {"url", "servers", "connect_timeout", "read_timeout", "host", "max_connections"}
-    m = r.mapping(node, path, allowed)
+    m = r.mapping(node, path, ORIGIN_KEYS)
     servers: tuple[str, ...] = ()
     if "url" in m and "servers" in m:
         r.error(m["url"], f"{path}.url", "use either `url` or `servers`, not both")
@@ -521,7 +583,83 @@ def _origin(r: _Reader, node: yaml.Node, path: str, name: str) -> OriginConfig |
             m["max_connections"], f"{path}.max_connections", _positive_int, "an integer > 0"
         )
         o = replace(o, max_connections=n) if n is not None else o
+    pool = _pool(r, m, node, path)
+    o = replace(o, pool=pool) if pool is not None else o
     return o if servers else None
+
+
+ORIGIN_KEYS = {
+    "url",
+    "servers",
+    "connect_timeout",
+    "read_timeout",
+    "host",
+    "max_connections",
+    "balance",
+    "health_check",
+    "fail_threshold",
+    "ejection_timeout",
+}
+HEALTH_KEYS = {"path", "interval", "timeout", "rise"}
+
+
+def _balance(v: Any) -> Strategy | None:
+    try:
+        return Strategy(v) if isinstance(v, str) else None
+    except ValueError:
+        return None
+
+
+def _health_path(v: Any) -> str | None:
+    return v if isinstance(v, str) and v.startswith("/") and not _has_ctl(v) else None
+
+
+def _has_ctl(s: str) -> bool:
+    return any(c <= " " or c == "\x7f" for c in s)
+
+
+def _pool(r: _Reader, m: dict[str, yaml.Node], node: yaml.Node, path: str) -> PoolSettings | None:
+    """An origin's pool settings; None (the defaults) when it sets none."""
+    values: dict[str, Any] = {}
+    if "balance" in m:
+        b = r.scalar(m["balance"], f"{path}.balance", _balance, "round_robin or least_connections")
+        if b is not None:
+            values["strategy"] = b
+    for key, parse, what in (
+        ("fail_threshold", _positive_int, "an integer > 0"),
+        ("ejection_timeout", _seconds, "seconds >= 0"),
+    ):
+        if key in m:
+            v = r.scalar(m[key], f"{path}.{key}", parse, what)
+            if v is not None:
+                values[key] = v
+    where = node
+    if "health_check" in m:
+        where = m["health_check"]
+        hc = r.mapping(where, f"{path}.health_check", HEALTH_KEYS)
+        if "path" not in hc and isinstance(where, yaml.MappingNode):
+            r.error(where, f"{path}.health_check.path", "required: the path to GET, like /health")
+        health: tuple[tuple[str, str, Callable[[Any], Any], str], ...] = (
+            ("path", "health_path", _health_path, "a path starting with /"),
+            ("interval", "interval", _positive_seconds, "seconds > 0"),
+            ("timeout", "timeout", _positive_seconds, "seconds > 0"),
+            ("rise", "rise", _positive_int, "an integer > 0"),
+        )
+        for key, field_name, check, what in health:
+            if key in hc:
+                got = r.scalar(hc[key], f"{path}.health_check.{key}", check, what)
+                if got is not None:
+                    values[field_name] = got
+        if "timeout" not in hc and "interval" in values:
+            # The default timeout (2 s) must not exceed a shorter interval.
+            values["timeout"] = min(PoolSettings().timeout, values["interval"])
+    if not values:
+        return None
+    try:
+        return PoolSettings(**values)
+    except ValueError as e:
+        r.error(where, f"{path}.health_check" if where is not node else path, str(e))
+        return None
 
 
 def _cache(r: _Reader, node: yaml.Node, path: str) -> CacheConfig:
@@ -533,6 +671,12 @@ def _cache(r: _Reader, node: yaml.Node, path: str) -> CacheConfig:
         "heuristic_max": (_seconds, "seconds >= 0"),
         "status_name": (_field_name, "a cache name token for Cache-Status"),
         "allow_set_cookie": (_bool, "true or false"),
+        "targeted_field": (_field_name, "a header field name"),
+        "strip_targeted": (_bool, "true or false"),
+        "collapse_wait": (_seconds, "seconds >= 0"),
+        "collapse_max_waiters": (_count, "an integer >= 0"),
+        "hit_for_pass": (_seconds, "seconds >= 0"),
+        "collapse_buffer": (parse_size, "a size such as 1MiB"),
     }
     m = r.mapping(node, path, set(fields))
     values: dict[str, Any] = {}
@@ -542,6 +686,61 @@ def _cache(r: _Reader, node: yaml.Node, path: str) -> CacheConfig:
         if v is not None:
             values["directory" if key == "dir" else key] = v
     return CacheConfig(**values)
+
+
+def _redis_url(v: Any) -> str | None:
+    if not isinstance(v, str) or _has_ctl(v):
+        return None
+    try:
+        parts = urlsplit(v)
+        _ = parts.port  # raises on a bad port
+    except ValueError:
+        return None
+    if parts.scheme in ("redis", "rediss") and parts.hostname:
+        return v
+    return v if parts.scheme == "unix" and parts.path else None
+
+
+_NAMESPACE = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def _namespace(v: Any) -> str | None:
+    return v if isinstance(v, str) and _NAMESPACE.match(v) else None
+
+
+def _edge_id(v: Any) -> str | None:
+    return v if isinstance(v, str) and v and v.isascii() and not _has_ctl(v) else None
+
+
+def _cluster(r: _Reader, node: yaml.Node, path: str) -> ClusterConfig:
+    fields: dict[str, tuple[Callable[[Any], Any], str]] = {
+        "redis_url": (_redis_url, "a redis://, rediss:// or unix:// URL"),
+        "edge_id": (_edge_id, "an edge name (visible ASCII, no spaces)"),
+        "namespace": (_namespace, "a key prefix of letters, digits, _ . -"),
+        "stream_max_len": (_positive_int, "an integer > 0"),
+        "heartbeat": (_positive_seconds, "seconds > 0"),
+        "edge_ttl": (_positive_seconds, "seconds > 0"),
+        "wait_timeout": (_positive_seconds, "seconds > 0"),
+        "queue_max": (_positive_int, "an integer > 0"),
+        "shared_tier": (_bool, "true or false"),
+        "shared_max_object": (parse_size, "a size such as 1MiB"),
+        "shared_timeout": (_positive_seconds, "seconds > 0"),
+    }
+    m = r.mapping(node, path, set(fields))
+    values: dict[str, Any] = {}
+    for key, value_node in m.items():
+        parse, what = fields[key]
+        v = r.scalar(value_node, f"{path}.{key}", parse, what)
+        if v is not None:
+            values[key] = v
+    if isinstance(node, yaml.MappingNode) and "redis_url" not in m:
+        r.error(node, f"{path}.redis_url", "required: the Redis URL that turns clustering on")
+    c = ClusterConfig(**values)
+    if "edge_ttl" in values and c.edge_ttl <= c.heartbeat:
+        r.error(
+            m["edge_ttl"], f"{path}.edge_ttl", f"must be longer than heartbeat ({c.heartbeat:g}s)"
+        )
+    return c
 
 
 ROUTE_KEYS = {
@@ -554,6 +753,7 @@ ROUTE_KEYS = {
     "max_ttl",
     "stale_while_revalidate",
     "stale_if_error",
+    "grace",
     "cache_key",
     "allow_set_cookie",
     "request_headers",
@@ -592,12 +792,18 @@ def _route(r: _Reader, node: yaml.Node, path: str, cfg: Config, index: int) -> R
         allow = b if b is not None else allow
     route = replace(route, policy=replace(route.policy, allow_set_cookie=allow, **ttls))
     stale: dict[str, Any] = {}
-    for key in ("stale_while_revalidate", "stale_if_error"):
+    for key in ("stale_while_revalidate", "stale_if_error", "grace"):
         if key in m:
             v = r.scalar(m[key], f"{path}.{key}", _seconds, "seconds >= 0")
             if v is not None:
                 stale[key] = v
-    route = replace(route, **stale)
+    grace = stale.pop("grace", None)
+    # policy/stale.py reads the route's RFC 5861 defaults and grace from the policy.
+    route = replace(
+        route,
+        policy=replace(route.policy, **stale, **({} if grace is None else {"grace": grace})),
+        **stale,
+    )
     if "cache_key" in m:
         route = replace(route, key=_key_rules(r, m["cache_key"], f"{path}.cache_key"))
     if "request_headers" in m:

@@ -1,17 +1,31 @@
-"""The upstream HTTP client: one shared aiohttp session, errors mapped to EdgeError."""
+"""The upstream HTTP client: one shared aiohttp session, errors mapped to EdgeError.
+
+Also the I/O half of origin pools (pool.py holds the state machine): the
+active health-check loop, and which errors mean "never connected" (the only
+ones a GET or HEAD is retried on another server for).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import ssl
 from collections.abc import AsyncIterable
+from typing import TYPE_CHECKING
 
 import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
 from edgeproxy.config import OriginConfig
-from edgeproxy.errors import OriginProtocolError, OriginTimeout, OriginUnreachable
+from edgeproxy.errors import EdgeError, OriginProtocolError, OriginTimeout, OriginUnreachable
 from edgeproxy.http.cache_status import ProxyError
+from edgeproxy.pool import Pool, PoolSettings
+
+if TYPE_CHECKING:
+    from edgeproxy.state import EdgeState
+
+log = logging.getLogger("edgeproxy.origin")
 
 # Fields aiohttp would otherwise invent; a proxy forwards what the client sent.
 _SKIP_AUTO = ("User-Agent", "Accept-Encoding", "Accept", "Content-Type")
@@ -87,3 +101,77 @@ async def send(
         ) from e
     except TimeoutError as e:
         raise OriginTimeout(f"origin {origin.name} timed out") from e
+
+
+class OriginDown(EdgeError):
+    """Every server of the origin is ejected: nothing is tried (RFC 9110 15.6.4)."""
+
+    status_hint = 503
+    proxy_error = ProxyError.DESTINATION_UNAVAILABLE
+
+
+# Errors raised before any byte of the request can have reached a server:
+# the connection was never made. Only these may be retried elsewhere.
+_NOT_CONNECTED = frozenset(
+    {ProxyError.CONNECTION_REFUSED, ProxyError.DNS_ERROR, ProxyError.CONNECTION_TIMEOUT}
+)
+
+
+def connected(e: EdgeError) -> bool:
+    """Might the request have reached the server? (pool.should_retry's `connected`)."""
+    return e.proxy_error not in _NOT_CONNECTED
+
+
+async def check(
+    session: aiohttp.ClientSession, origin: OriginConfig, server: str, settings: PoolSettings
+) -> bool:
+    """One active health check: GET the health path; a 2xx or 3xx passes."""
+    assert settings.health_path is not None
+    headers = {"User-Agent": "edgeproxy-health-check"}
+    if origin.host_header is not None:
+        headers["Host"] = origin.host_header
+    try:
+        async with session.get(
+            URL(server + settings.health_path, encoded=True),
+            headers=headers,
+            allow_redirects=False,
+            timeout=aiohttp.ClientTimeout(total=settings.timeout),
+        ) as resp:
+            return 200 <= resp.status < 400
+    except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as e:
+        log.debug("health check of %s failed: %s", server, e)
+        return False
+
+
+async def health_checks(edge: EdgeState, idle: float = 1.0) -> None:
+    """Run every origin's due health checks, forever (a task of the app's lifecycle).
+
+    Pools come from the current config each round, so a reload's new origins
+    and servers are checked within `idle` seconds.
+    """
+    while True:
+        pools = edge.pools()
+        now = edge.monotonic()
+        jobs = [
+            _check_one(edge, edge.snapshot.config.origins[name], pool, server)
+            for name, pool in pools.items()
+            for server in pool.due_checks(now)
+        ]
+        if jobs:
+            await asyncio.gather(*jobs)
+        due = [t for p in pools.values() if (t := p.next_check_at()) is not None]
+        wait = min([*due, edge.monotonic() + idle]) - edge.monotonic()
+        await asyncio.sleep(max(0.0, wait))
+
+
+async def _check_one(edge: EdgeState, origin: OriginConfig, pool: Pool, server: str) -> None:
+    ok = await check(edge.session, origin, server, pool.settings)
+    was_up = pool.is_up(server, edge.monotonic())
+    pool.record_check(server, ok, edge.monotonic())
+    if pool.is_up(server, edge.monotonic()) != was_up:
+        log.warning(
+            "origin %s server %s is %s (health check)",
+            origin.name,
+            server,
+            "back up" if ok else "down",
+        )

@@ -138,6 +138,18 @@ class Pool:
     def servers(self) -> tuple[str, ...]:
         return self._order
 
+    def adopt(self, old: Pool) -> None:
+        """Take over the health of servers that `old` also had (a config reload).
+
+        In-flight counts stay with `old`: requests release the pool they
+        acquired from, so this one starts counting from zero.
+        """
+        for name, s in old._state.items():
+            if name in self._state:
+                self._state[name] = _Server(
+                    name, s.up, s.probation, s.failures, s.passes, s.down_since, 0, s.next_check
+                )
+
     # -- choosing ---------------------------------------------------------------
 
     def pick(self, now: float, exclude: Collection[str] = ()) -> str | None:

@@ -3,13 +3,25 @@
 route -> key -> lookup -> decide -> (origin) -> store -> respond. Every RFC
 rule lives in policy/ and http/; this module only moves bytes and matches on
 the decision type.
+
+Protecting the origin, on that path:
+- stale rules (policy/stale.py): after a decision that is not a fresh hit,
+  entries past their keep time are dropped (deleted in the background) and
+  the decision may become ServeWhileRevalidating: served at once, revalidated
+  by a task the proxy owns, one per key. An origin failure or 5xx answer
+  turns into the stored response where stale-if-error allows.
+- collapsing (collapse.py): a GET that must go upstream for a stale entry or
+  a miss leads a flight for its key, or waits on the one in progress.
+- pools (pool.py): each upstream request picks a server of the origin; a GET
+  or HEAD that could not connect is retried once on another one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import assert_never
 from urllib.parse import urlsplit
 
@@ -19,6 +31,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from edgeproxy import origin
 from edgeproxy.cachekey import route_key
+from edgeproxy.collapse import Flight, FlightBroken, Refreshed, Released, Streaming
 from edgeproxy.config import Route
 from edgeproxy.errors import EdgeError
 from edgeproxy.forwarding import request_headers, response_headers, storable_fields, via_value
@@ -26,8 +39,9 @@ from edgeproxy.http.cache_control import request_cache_control, response_cache_c
 from edgeproxy.http.cache_status import CacheStatus, Fwd, proxy_status
 from edgeproxy.http.conditionals import Precondition, evaluate
 from edgeproxy.http.dates import format_http_date
-from edgeproxy.http.vary import secondary_key, vary_names
+from edgeproxy.http.vary import matches, secondary_key, vary_names
 from edgeproxy.policy.decide import (
+    Decision,
     Fetch,
     OnlyIfCachedMiss,
     Pass,
@@ -40,8 +54,19 @@ from edgeproxy.policy.entry import Entry
 from edgeproxy.policy.freshness import current_age, ttl
 from edgeproxy.policy.invalidation import invalidation_targets
 from edgeproxy.policy.response import not_modified_fields, reuse_fields
+from edgeproxy.policy.stale import (
+    SIE_DETAIL,
+    ServeWhileRevalidating,
+    discardable,
+    is_error_status,
+    stale_if_error_status,
+    stale_on_error,
+    stale_while_revalidate_status,
+    with_stale_while_revalidate,
+)
 from edgeproxy.policy.storable import storable
 from edgeproxy.policy.validation import CLIENT_CONDITIONALS, merge_304, validates
+from edgeproxy.pool import Pool, is_server_failure, should_retry
 from edgeproxy.routing import apply_edits, bare_host, select_route
 from edgeproxy.state import EDGE, EdgeState, Snapshot
 from edgeproxy.store.base import BodyWriter, StoreError
@@ -49,6 +74,17 @@ from edgeproxy.store.base import BodyWriter, StoreError
 log = logging.getLogger("edgeproxy.proxy")
 
 CHUNK = 65536
+
+# Why a response was not stored, when the response itself is the reason: its
+# key then skips collapsing for a while (hit-for-pass). Not for reasons of
+# the leading request (no-store, Authorization) nor origin errors (5xx), whose
+# next answer may well be shareable.
+_PASS_REASONS = frozenset(
+    {"no-store", "private", "set-cookie", "vary-star", "no-freshness", "must-understand", "too-big"}
+)
+# Forwards that may collapse: misses and stale entries. Not fwd=request (nor
+# any request with no-cache): a client that demanded an answer gets its own.
+_COLLAPSIBLE_FWD = frozenset({Fwd.URI_MISS, Fwd.VARY_MISS, Fwd.STALE})
 
 
 class UpstreamBroke(Exception):
@@ -120,21 +156,38 @@ class _Exchange:
         self.key = route_key(route.key, host, target, request.headers)
         self.req = Request(request.method, request.headers, request_cache_control(request.headers))
         self.fwd = Fwd.MISS  # why we went upstream, for error responses
+        # What went upstream and what was stored, for stale-if-error.
+        self.decision: Decision | None = None
+        self.candidates: Sequence[Entry] = ()
+        self.client = True  # False: the proxy's own background request
+        self._slot: tuple[Pool, str] | None = None  # the pool server an upstream response holds
+        self._client_gone = False
+        self._rerun = False
 
     async def run(self) -> web.StreamResponse:
         method = self.request.method
         if not self.route.cache:
             return await self.forward(Fwd.BYPASS, cacheable=False)
         candidates = await self.edge.store.lookup(self.key) if method in ("GET", "HEAD") else []
-        decision = decide(self.req, candidates, self.policy, self.edge.clock())
+        now = self.edge.clock()
+        first = decide(self.req, candidates, self.policy, now)
+        decision: Decision | ServeWhileRevalidating = first
+        if candidates and not (isinstance(first, Serve) and not first.stale):
+            decision = self._stale_rules(candidates, first, now)
         match decision:
+            case ServeWhileRevalidating(serve=serve, background=background):
+                self._revalidate_in_background(background)
+                served = await self.serve_stored(serve, stale_while_revalidate_status(serve))
+                if served is not None:
+                    return served
+                return await self.fetch(Fetch(Fwd.URI_MISS))
             case Serve():
                 served = await self.serve_stored(decision)
                 if served is not None:
                     return served
-                return await self.forward(Fwd.URI_MISS, cacheable=True)
-            case Fetch(fwd=fwd):
-                return await self.forward(fwd, cacheable=True)
+                return await self.fetch(Fetch(Fwd.URI_MISS))
+            case Fetch():
+                return await self.fetch(decision)
             case Revalidate():
                 return await self.revalidate(decision)
             case Pass(fwd=fwd):
@@ -150,12 +203,46 @@ class _Exchange:
             case _:
                 assert_never(decision)
 
+    def _stale_rules(
+        self, candidates: list[Entry], decision: Decision, now: float
+    ) -> Decision | ServeWhileRevalidating:
+        """policy/stale.py, for anything but a fresh hit: drop entries past their
+        keep time (a miss; deleted in the background), then stale-while-revalidate."""
+        if isinstance(decision, Revalidate | Fetch):
+            kept = [e for e in candidates if not discardable(e, self.policy, now)]
+            if len(kept) < len(candidates):
+                for entry in candidates:
+                    if not any(e is entry for e in kept):
+                        self.edge.counters["discarded"] += 1
+                        self.edge.spawn(self._discard(entry), f"discard {self.key}")
+                candidates = kept
+                redone = decide(self.req, kept, self.policy, now)
+                # Still why it goes forward: what it found was stale (RFC 9211 2.2).
+                decision = Fetch(decision.fwd) if isinstance(redone, Fetch) else redone
+        self.candidates = candidates
+        return with_stale_while_revalidate(self.req, candidates, decision, self.policy, now)
+
+    async def _discard(self, entry: Entry) -> None:
+        try:
+            await self.edge.store.delete_variant(entry)
+        except StoreError as e:
+            log.warning("could not discard %s: %s", self.key, e)
+
     # -- answering from the store -----------------------------------------
 
     async def serve_stored(
-        self, d: Serve, status: CacheStatus | None = None, validated: bool = False
+        self,
+        d: Serve,
+        status: CacheStatus | None = None,
+        validated: bool = False,
+        flight: Flight | None = None,
+        length: int | None = None,
     ) -> web.StreamResponse | None:
-        """Answer from a stored response; None when its body is gone (a miss)."""
+        """Answer from a stored response; None when its body is gone (a miss).
+
+        With `flight`, the body streams from a collapsed origin response still
+        arriving (`length`: its Content-Length, if known) instead of the store.
+        """
         entry = d.entry
         cs = status or CacheStatus(hit=True, ttl=d.ttl)
         if d.outcome is Precondition.NOT_MODIFIED:
@@ -165,43 +252,203 @@ class _Exchange:
             return await self._send_head(304, headers, cs, via=True)
         if d.outcome is Precondition.FAILED:
             return self.respond_text(412, "Precondition Failed\n", cs)
-        body = None
-        if self.request.method != "HEAD":
-            body = await self.edge.store.open_body(entry)
-            if body is None:
-                return None
+        chunks: AsyncIterator[bytes] | None = None
+        if flight is None:
+            length = entry.body_size
+            if self.request.method != "HEAD":
+                body = await self.edge.store.open_body(entry)
+                if body is None:
+                    return None
+                chunks = self.edge.store.read_body(body, CHUNK)
+        elif self.request.method != "HEAD":
+            chunks = flight.body(CHUNK)
         self._count_hit(cs)
         headers = reuse_fields(entry, d.age, validated)
-        resp = await self._send_head(entry.status, headers, cs, length=entry.body_size, via=True)
-        if body is not None:
+        resp = await self._send_head(entry.status, headers, cs, length=length, via=True)
+        if chunks is not None:
             try:
-                async for chunk in self.edge.store.read_body(body, CHUNK):
+                async for chunk in chunks:
                     await resp.write(chunk)
             except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+                return resp
+            except FlightBroken as e:
+                # As for the leader's own client: a silent short body would look complete.
+                log.warning("collapsed %s: %s", self.key, e)
+                if self.request.transport is not None:
+                    self.request.transport.abort()
                 return resp
         await resp.write_eof()
         return resp
 
     def _count_hit(self, cs: CacheStatus) -> None:
-        self.edge.counters["hits" if cs.hit else "revalidated_hits"] += 1
+        if cs.collapsed:
+            name = "collapsed"
+        elif cs.hit:
+            name = "hits"
+        elif cs.detail == SIE_DETAIL:
+            name = "stale_if_error"
+        else:
+            name = "revalidated_hits"
+        self.edge.counters[name] += 1
 
-    # -- going upstream -----------------------------------------------------
+    # -- collapsing -----------------------------------------------------------
+
+    async def fetch(self, d: Fetch) -> web.StreamResponse:
+        """A cacheable forward for a miss or a stale entry without validators."""
+        self.decision = d
+        if not self._collapsible(d):
+            return await self.forward(d.fwd, cacheable=True)
+        return await self._collapse(d, lambda flight: self.forward(d.fwd, True, flight))
 
     async def revalidate(self, d: Revalidate) -> web.StreamResponse:
         """Validate the stored response upstream (RFC 9111 section 4.3)."""
+        self.decision = d
+        if not self._collapsible(d):
+            return await self._revalidate(d, None)
+        return await self._collapse(d, lambda flight: self._revalidate(d, flight))
+
+    def _collapsible(self, d: Fetch | Revalidate) -> bool:
+        if not self.client or self.req.method != "GET" or not self.cfg.cache.collapse_max_waiters:
+            return False
+        if self.req.cc.has("no-cache"):
+            return False  # the client asked for an answer of its own (5.2.1.4)
+        if isinstance(d, Revalidate):
+            # The cache's own conditional request: the client's are dropped.
+            return d.fwd is Fwd.STALE
+        # A miss goes with the client's own fields: only a plain GET may
+        # lead or share it (a conditional or range answer is the client's).
+        headers = self.request.headers
+        return d.fwd in _COLLAPSIBLE_FWD and not any(h in headers for h in CLIENT_CONDITIONALS)
+
+    async def _collapse(
+        self,
+        d: Fetch | Revalidate,
+        go: Callable[[Flight | None], Awaitable[web.StreamResponse]],
+    ) -> web.StreamResponse:
+        """Lead a flight for the key, or wait on the one in progress."""
+        flights = self.edge.flights
+        cache = self.cfg.cache
+        flight = flights.get(self.key)
+        if flight is None:
+            if flights.passing(self.key, self.edge.clock()):
+                return await go(None)
+            flight = flights.lead(self.key, cache.collapse_buffer, cache.directory)
+            try:
+                return await go(flight)
+            finally:
+                await flights.close(flight)
+        if flight.joinable and flight.waiters < cache.collapse_max_waiters:
+            return await self.join(flight, d)
+        if not flight.joinable and not self._rerun:
+            # A big body nobody waited for: no copy was kept. Once it is
+            # stored, the store has it.
+            self._rerun = True
+            self.edge.counters["collapse_waited_for_store"] += 1
+            if await flight.wait_landed(cache.collapse_wait):
+                return await self.run()
+        return await go(None)
+
+    async def join(self, flight: Flight, d: Fetch | Revalidate) -> web.StreamResponse:
+        """Wait for the leader's outcome and answer from it, or go on our own."""
+        flight.waiters += 1
+        try:
+            outcome = await flight.wait(self.cfg.cache.collapse_wait)
+            match outcome:
+                case Streaming(entry=entry, length=length) if self._selects(entry):
+                    served = await self._serve_collapsed(d.fwd, entry, flight, length)
+                    if served is not None:  # always, from a flight
+                        return served
+                case Refreshed(entry=entry) if self._selects(entry):
+                    served = await self._serve_collapsed(d.fwd, entry, None, None)
+                    if served is not None:
+                        return served
+                case Released(error=error, status=status) if error is not None or (
+                    status is not None and is_error_status(status)
+                ):
+                    self.fwd = d.fwd
+                    served = await self._stale_if_error(status)
+                    if served is not None:
+                        return served
+                    if error is not None:
+                        raise error  # the origin just failed: don't send it one more
+                case None:
+                    log.info("collapsed %s: no answer in time, going on our own", self.key)
+        finally:
+            await flight.leave()
+        if isinstance(d, Revalidate):
+            return await self._revalidate(d, None)
+        return await self.forward(d.fwd, cacheable=True)
+
+    def _selects(self, entry: Entry) -> bool:
+        """Does the leader's response fit this request's Vary values (4.1)?"""
+        return not entry.vary or matches(self.request.headers, entry.vary, entry.secondary)
+
+    async def _serve_collapsed(
+        self, fwd: Fwd, entry: Entry, flight: Flight | None, length: int | None
+    ) -> web.StreamResponse | None:
+        """Answer from the leader's response: streaming (`flight`) or freshened in the store."""
+        now = self.edge.clock()
+        fwd_status = entry.status if flight is not None else 304
+        cs = CacheStatus(
+            fwd=fwd, fwd_status=fwd_status, collapsed=True, ttl=ttl(entry, self.policy, now)
+        )
+        outcome = (
+            evaluate(self.req.method, self.request.headers, entry.fields, entry.date)
+            if 200 <= entry.status < 300
+            else Precondition.PASS
+        )
+        serve = Serve(entry, int(current_age(entry, now)), cs.ttl or 0, outcome)
+        return await self.serve_stored(serve, cs, validated=True, flight=flight, length=length)
+
+    def _revalidate_in_background(self, d: Revalidate | Fetch) -> None:
+        """RFC 5861 section 3: once per key, in a task the proxy owns."""
+        flights = self.edge.flights
+        if flights.get(self.key) is not None:
+            return  # already on its way
+        cache = self.cfg.cache
+        flight = flights.lead(self.key, cache.collapse_buffer, cache.directory)
+        bg = copy.copy(self)
+        bg.client = False
+        bg.req = Request("GET", self.req.headers, self.req.cc)
+        bg.decision = d
+        self.edge.counters["background_revalidations"] += 1
+        self.edge.spawn(bg._background(d, flight), f"revalidate {self.key}")
+
+    async def _background(self, d: Revalidate | Fetch, flight: Flight) -> None:
+        try:
+            if isinstance(d, Revalidate):
+                await self._revalidate(d, flight)
+            else:
+                await self.forward(d.fwd, True, flight)
+        except EdgeError as e:
+            log.warning("background revalidation of %s failed: %s", self.key, e)
+        finally:
+            await self.edge.flights.close(flight)
+
+    # -- going upstream -----------------------------------------------------
+
+    async def _revalidate(self, d: Revalidate, flight: Flight | None) -> web.StreamResponse:
         self.edge.counters["revalidations"] += 1
         self.fwd = d.fwd
         clock = self.edge.clock
         request_time = clock()
         headers = self._upstream_headers(drop=CLIENT_CONDITIONALS, add=d.conditional_headers)
-        upstream = await self._send_upstream("GET", headers, with_body=False)
+        try:
+            upstream = await self._send_upstream("GET", headers, with_body=False)
+        except EdgeError as e:
+            return await self._upstream_failed(e, flight)
         response_time = clock()
         if upstream.status == 304:
-            upstream.release()
+            self._release(upstream)
             if validates(d.entry, upstream.headers):
                 self.edge.counters["revalidated_304"] += 1
                 merged = merge_304(d.entry, upstream.headers, request_time, response_time)
-                await self._keep_merged(merged)
+                kept = await self._keep_merged(merged)
+                if flight is not None:
+                    flight.resolve(Refreshed(merged) if kept else Released(status=304))
+                    self.edge.flights.land(flight)
+                if not self.client:
+                    return _NoClient()
                 now = clock()
                 age = int(current_age(merged, now))
                 outcome = evaluate(
@@ -214,12 +461,13 @@ class _Exchange:
                 if served is not None:
                     return served
             # The 304 doesn't describe what we hold (4.3.4): fetch it whole.
-            return await self.forward(d.fwd, cacheable=True)
-        return await self.relay(upstream, d.fwd, request_time, response_time, cacheable=True)
+            return await self.forward(d.fwd, True, flight)
+        return await self.relay(upstream, d.fwd, request_time, response_time, True, flight)
 
-    async def _keep_merged(self, merged: Entry) -> None:
+    async def _keep_merged(self, merged: Entry) -> bool:
         """Store the freshened response, unless the 304 made it unstorable
-        (e.g. it added no-store or private): then the old one goes too."""
+        (e.g. it added no-store or private): then the old one goes too.
+        True when it is stored."""
         verdict = storable(
             "GET",
             self.request.headers,
@@ -231,22 +479,58 @@ class _Exchange:
         )
         try:
             if verdict.ok:
-                await self.edge.store.update(merged)
-            else:
-                await self.edge.store.delete_variant(merged)
+                return await self.edge.store.update(merged)
+            await self.edge.store.delete_variant(merged)
         except StoreError as e:
             log.warning("could not refresh %s after 304: %s", self.key, e)
+        return False
 
-    async def forward(self, fwd: Fwd, cacheable: bool) -> web.StreamResponse:
+    async def forward(
+        self, fwd: Fwd, cacheable: bool, flight: Flight | None = None
+    ) -> web.StreamResponse:
         self.fwd = fwd
         if fwd in (Fwd.URI_MISS, Fwd.VARY_MISS):
             self.edge.counters["misses"] += 1
         request_time = self.edge.clock()
-        upstream = await self._send_upstream(
-            self.request.method, self._upstream_headers(), with_body=True
-        )
+        if self.client:
+            method, headers = self.request.method, self._upstream_headers()
+        else:
+            # Our own refetch: unconditional, whole, and without a body.
+            method, headers = "GET", self._upstream_headers(drop=CLIENT_CONDITIONALS)
+        try:
+            upstream = await self._send_upstream(method, headers, with_body=self.client)
+        except EdgeError as e:
+            return await self._upstream_failed(e, flight, cacheable)
         response_time = self.edge.clock()
-        return await self.relay(upstream, fwd, request_time, response_time, cacheable)
+        return await self.relay(upstream, fwd, request_time, response_time, cacheable, flight)
+
+    async def _upstream_failed(
+        self, e: EdgeError, flight: Flight | None, cacheable: bool = True
+    ) -> web.StreamResponse:
+        """No response from the origin: waiters are told; stale-if-error, else the error."""
+        if flight is not None:
+            flight.resolve(Released(error=e))
+            self.edge.flights.land(flight)
+        if cacheable:
+            served = await self._stale_if_error(None)
+            if served is not None:
+                log.warning("%s: %s; served stale (stale-if-error)", self.key, e)
+                return served
+        raise e
+
+    async def _stale_if_error(self, status: int | None) -> web.StreamResponse | None:
+        """RFC 5861 section 4: the stored response instead of an origin error."""
+        serve = self._stale_on_error()
+        if serve is None:
+            return None
+        return await self.serve_stored(serve, stale_if_error_status(serve, self.fwd, status))
+
+    def _stale_on_error(self) -> Serve | None:
+        if self.decision is None or not self.client:
+            return None
+        return stale_on_error(
+            self.req, self.candidates, self.decision, self.policy, self.edge.clock()
+        )
 
     def _upstream_headers(
         self, drop: tuple[str, ...] = (), add: list[tuple[str, str]] | None = None
@@ -270,16 +554,70 @@ class _Exchange:
     async def _send_upstream(
         self, method: str, headers: CIMultiDict[str], with_body: bool
     ) -> aiohttp.ClientResponse:
+        """Send to a server of the origin's pool; a GET or HEAD that could not
+        connect is retried once on another server (pool.should_retry)."""
         body = None
         if with_body and self.request.body_exists:
             body = self.request.content.iter_chunked(CHUNK)
         elif not with_body:
             headers.popall("content-length", None)
-        self.edge.counters["origin_requests"] += 1
-        server = self.edge.next_server(self.origin)
-        return await origin.send(
-            self.edge.session, self.origin, method, self.target, headers, body, server
-        )
+        edge = self.edge
+        pool = edge.pool(self.origin)
+        tried: list[str] = []
+        failure: EdgeError | None = None
+        while True:
+            server = pool.pick(edge.monotonic(), exclude=tried)
+            if server is None:
+                if failure is not None:
+                    raise failure  # no other server to retry on
+                raise origin.OriginDown(
+                    f"origin {self.origin.name}: all {len(pool.servers)} servers are down"
+                )
+            tried.append(server)
+            edge.counters["origin_requests"] += 1
+            pool.acquire(server)
+            try:
+                upstream = await origin.send(
+                    edge.session, self.origin, method, self.target, headers, body, server
+                )
+            except EdgeError as e:
+                pool.release(server)
+                self._record(pool, server, None)
+                retry = body is None and should_retry(
+                    method, connected=origin.connected(e), attempts=len(tried)
+                )
+                if not retry:
+                    raise
+                log.warning("%s %s: %s; retrying on another server", method, self.key, e)
+                failure = e
+                continue
+            except BaseException:
+                pool.release(server)
+                raise
+            self._record(pool, server, upstream.status)
+            self._slot = (pool, server)
+            return upstream
+
+    def _record(self, pool: Pool, server: str, status: int | None) -> None:
+        """Passive health: only in a pool of several (a lone server is never ejected:
+        there is nowhere else to go, as in nginx)."""
+        if len(pool.servers) < 2:
+            return
+        now = self.edge.monotonic()
+        if is_server_failure(status):
+            was_up = pool.is_up(server, now)
+            pool.record_failure(server, now)
+            if was_up and not pool.is_up(server, now):
+                log.warning("origin %s server %s ejected", self.origin.name, server)
+        else:
+            pool.record_success(server, now)
+
+    def _release(self, upstream: aiohttp.ClientResponse) -> None:
+        upstream.release()
+        if self._slot is not None:
+            pool, server = self._slot
+            self._slot = None
+            pool.release(server)
 
     async def relay(
         self,
@@ -288,12 +626,39 @@ class _Exchange:
         request_time: float,
         response_time: float,
         cacheable: bool,
+        flight: Flight | None = None,
     ) -> web.StreamResponse:
-        """Stream an origin response to the client, teeing it into the store."""
+        """Stream an origin response to the client, teeing it into the store
+        (and to the waiters of `flight`)."""
         policy = self.policy
         writer: BodyWriter | None = None
         try:
-            writer, entry = self._plan_store(upstream, request_time, response_time, cacheable)
+            if cacheable and is_error_status(upstream.status):
+                stale = self._stale_on_error()
+                if stale is not None:
+                    if flight is not None:
+                        # Waiters apply their own stale-if-error.
+                        flight.resolve(Released(status=upstream.status))
+                        self.edge.flights.land(flight)
+                        flight = None
+                    cs = stale_if_error_status(stale, fwd, upstream.status)
+                    served = await self.serve_stored(stale, cs)
+                    if served is not None:
+                        return served  # else (its body is gone) the error it is
+            writer, entry, refusal = self._plan_store(
+                upstream, request_time, response_time, cacheable
+            )
+            if flight is not None:
+                if writer is not None and entry is not None:
+                    flight.resolve(Streaming(entry, upstream.content_length))
+                else:
+                    flight.resolve(Released(status=upstream.status))
+                    self.edge.flights.land(flight)
+                    if refusal in _PASS_REASONS and not is_error_status(upstream.status):
+                        self.edge.flights.mark_pass(
+                            self.key, response_time, self.cfg.cache.hit_for_pass
+                        )
+                    flight = None  # nothing to feed
             cs = CacheStatus(
                 fwd=fwd,
                 fwd_status=upstream.status,
@@ -309,11 +674,22 @@ class _Exchange:
             length = upstream.content_length
             if self.request.method == "HEAD" or upstream.status in (204, 304):
                 length = None if upstream.status in (204, 304) else length
-            resp = await self._send_head(upstream.status, headers, cs, length=length)
-            if self.request.method == "HEAD":
+            try:
+                resp = await self._send_head(upstream.status, headers, cs, length=length)
+            except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+                if flight is None or not flight.waiters:
+                    raise
+                # Gone before the head: the fill goes on for the waiters.
+                self._client_gone = True
+                resp = _NoClient()
+            if self.request.method == "HEAD" and self.client:
                 await resp.write_eof()
                 return resp
-            complete, writer = await self._pump(upstream, resp, writer, policy.max_object_size)
+            complete, writer = await self._pump(
+                upstream, resp, writer, policy.max_object_size, flight
+            )
+            if flight is not None and complete:
+                flight.finish()  # waiters are done; the store commit is ours
             # Write, then commit: only a clean end within the limit.
             if (
                 writer is not None
@@ -327,7 +703,7 @@ class _Exchange:
                     self.edge.counters["stored"] += 1
                 except StoreError as e:
                     log.warning("not stored %s: %s", self.key, e)
-            if complete:
+            if complete and not self._client_gone:
                 await resp.write_eof()
             await self._invalidate(upstream)
             return resp
@@ -336,7 +712,7 @@ class _Exchange:
                 # Any other way out (a short body, an exception, cancellation)
                 # leaves nothing behind.
                 await writer.abort()
-            upstream.release()
+            self._release(upstream)
 
     def _plan_store(
         self,
@@ -344,10 +720,11 @@ class _Exchange:
         request_time: float,
         response_time: float,
         cacheable: bool,
-    ) -> tuple[BodyWriter | None, Entry | None]:
+    ) -> tuple[BodyWriter | None, Entry | None, str]:
+        """The writer and entry to store the response with, or why not."""
         policy = self.policy
         if not cacheable:
-            return None, None
+            return None, None, "bypass"
         resp_cc = response_cache_control(upstream.headers, policy.targeted)
         verdict = storable(
             self.req.method,
@@ -359,10 +736,10 @@ class _Exchange:
             policy,
         )
         if not verdict.ok:
-            return None, None
+            return None, None, verdict.reason
         length = upstream.content_length
         if length is not None and length > policy.max_object_size:
-            return None, None
+            return None, None, "too-big"
         fields = storable_fields(upstream.headers)
         if "date" not in fields:
             fields["Date"] = format_http_date(response_time)  # RFC 9110 section 6.6.1
@@ -377,7 +754,7 @@ class _Exchange:
             secondary=secondary_key(self.request.headers, names) or (),
             targeted=policy.targeted,
         )
-        return self.edge.store.open_writer(self.key), entry
+        return self.edge.store.open_writer(self.key), entry, ""
 
     async def _pump(
         self,
@@ -385,12 +762,15 @@ class _Exchange:
         resp: web.StreamResponse,
         writer: BodyWriter | None,
         max_size: int,
+        flight: Flight | None,
     ) -> tuple[bool, BodyWriter | None]:
         """Copy the body: (clean end, the writer still worth committing).
 
         A writer dropped on the way (too big, store error) is already aborted;
         on an unclean end the caller aborts the one returned. The client's
-        connection is aborted when the origin fails.
+        connection is aborted when the origin fails. When the client leaves,
+        the copy goes on while the flight has waiters (the fill is theirs
+        too), else it stops.
         """
         chunks: AsyncIterator[bytes] = upstream.content.iter_chunked(CHUNK)
         try:
@@ -406,14 +786,23 @@ class _Exchange:
                             log.warning("not storing %s: %s", self.key, e)
                             await writer.abort()
                             writer = None
+                if flight is not None:
+                    await flight.append(chunk)
+                if self._client_gone:
+                    continue
                 try:
                     await resp.write(chunk)
                 except (ConnectionResetError, aiohttp.ClientConnectionResetError):
-                    return False, writer  # the client left: nothing partial is stored
+                    if flight is None or not flight.waiters:
+                        if flight is not None:
+                            self.edge.flights.land(flight)  # nobody may join an abandoned fill
+                        return False, writer  # the client left: nothing partial is stored
+                    log.info("%s: client left; the fill goes on for its waiters", self.key)
+                    self._client_gone = True
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as e:
             log.warning("origin broke off %s mid-body: %s", self.key, e)
             # A silent short 200 would look complete: drop the connection.
-            if self.request.transport is not None:
+            if self.client and self.request.transport is not None:
                 self.request.transport.abort()
             return False, writer
         return True, writer
@@ -441,7 +830,14 @@ class _Exchange:
     ) -> web.StreamResponse:
         """Send status and fields. `via`: append our Via (RFC 9110 section 7.6.3)
         to a response from storage; relayed ones got it in `response_headers`."""
-        headers["Cache-Status"] = cs.render(self.cfg.cache.status_name)
+        if not self.client:
+            return _NoClient()
+        cache = self.cfg.cache
+        headers["Cache-Status"] = cs.render(cache.status_name)
+        if cache.strip_targeted:
+            # Directives meant for us, not for caches downstream (RFC 9213 section 3 MAY).
+            for name in self.policy.targeted:
+                headers.popall(name, None)
         if via:
             headers.add("Via", via_value(self._version(), self.cfg.via))
         if self.route.response_headers:
@@ -470,6 +866,16 @@ class _Exchange:
         return resp
 
 
+class _NoClient(web.StreamResponse):
+    """What the proxy's own background request "sends": nobody reads it."""
+
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
+        return None
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        return None
+
+
 class RelayedResponse(web.StreamResponse):
     """A response that carries only the fields we chose.
 
@@ -486,7 +892,12 @@ class RelayedResponse(web.StreamResponse):
 
 
 def _reason(status: int) -> str:
-    return {502: "Bad Gateway", 504: "Gateway Timeout", 400: "Bad Request"}.get(status, "Error")
+    return {
+        400: "Bad Request",
+        502: "Bad Gateway",
+        503: "Service Unavailable",
+        504: "Gateway Timeout",
+    }.get(status, "Error")
 
 
 def _text(status: int, text: str) -> web.Response:

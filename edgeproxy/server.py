@@ -15,6 +15,7 @@ from aiohttp.http_parser import HttpRequestParserPy
 
 from edgeproxy import origin, proxy
 from edgeproxy.admin import build_admin_app, check_bind, read_token
+from edgeproxy.cluster import Cluster
 from edgeproxy.config import Config
 from edgeproxy.reload import Loader, Reloader
 from edgeproxy.state import EDGE, EdgeState, Snapshot
@@ -27,18 +28,32 @@ def snapshot(config: Config) -> Snapshot:
     return Snapshot(config=config, policy=config.cache.policy())
 
 
-def build_app(config: Config, clock: Callable[[], float] = time.time) -> web.Application:
-    """The public proxy application. `clock` is injectable for tests."""
+def build_app(
+    config: Config,
+    clock: Callable[[], float] = time.time,
+    monotonic: Callable[[], float] = time.monotonic,
+) -> web.Application:
+    """The public proxy application. `clock` (HTTP time) and `monotonic` (pool
+    time: ejections, health checks) are injectable for tests."""
     app = web.Application(client_max_size=0, handler_args={"max_field_size": 65536})
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         store = await DiskStore.open(config.cache.directory, size_limit=config.cache.size_limit)
         max_conns = config.origin.max_connections if config.origin else 100
         session = origin.make_session(max_conns)
-        app[EDGE] = EdgeState(snapshot(config), store, session, clock)
+        edge = EdgeState(snapshot(config), store, session, clock, monotonic)
+        app[EDGE] = edge
+        checks = asyncio.get_running_loop().create_task(
+            origin.health_checks(edge), name="health checks"
+        )
         try:
             yield
         finally:
+            # Our own tasks first (background revalidations use the session and store).
+            checks.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await checks
+            await edge.stop_tasks()
             await session.close()
             await store.close()
 
@@ -140,11 +155,17 @@ async def serve(config: Config, load: Loader | None, config_path: str | None) ->
     runner = make_runner(proxy_app, handle_signals=True)
     await runner.setup()
     admin_runner: web.AppRunner | None = None
+    cluster: Cluster | None = None
     tasks: list[asyncio.Task[None]] = []
     try:
         edge = proxy_app[EDGE]
+        if config.cluster.redis_url is not None:
+            # Before the listeners open: a returning edge replays missed purges first.
+            cluster = await Cluster.start(config, edge)
         reloader = Reloader(config, load, apply_config(edge), edge.clock)
-        admin_runner = web.AppRunner(build_admin_app(edge, reloader, token), access_log=None)
+        admin_runner = web.AppRunner(
+            build_admin_app(edge, reloader, token, cluster=cluster), access_log=None
+        )
         await admin_runner.setup()
         await web.TCPSite(runner, config.listen.host, config.listen.port).start()
         await web.TCPSite(admin_runner, config.admin.listen.host, config.admin.listen.port).start()
@@ -168,7 +189,11 @@ async def serve(config: Config, load: Loader | None, config_path: str | None) ->
             task.cancel()
         if admin_runner is not None:
             await admin_runner.cleanup()
+        if cluster is not None:
+            await cluster.stop()
         await runner.cleanup()
+        if cluster is not None:
+            await cluster.close()
 
 
 async def _reload(reloader: Reloader) -> None:

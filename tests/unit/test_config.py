@@ -250,3 +250,149 @@ def test_example_config_file_is_valid() -> None:
 
     cfg = load_config(str(Path(__file__).resolve().parents[2] / "config" / "edge.yaml"))
     assert cfg.routes
+
+
+# -- Protecting the origin: pools, stale serving, collapsing, targeted fields ----
+
+PROTECT = textwrap.dedent(
+    """\
+    cache:
+      targeted_field: Acme-Cache-Control
+      strip_targeted: false
+      collapse_wait: 2.5
+      collapse_max_waiters: 50
+      hit_for_pass: 0
+      collapse_buffer: 256KiB
+    origins:
+      app:
+        servers: [http://10.0.0.1:8000, http://10.0.0.2:8000]
+        balance: least_connections
+        health_check: {path: /healthz, interval: 2, timeout: 0.5, rise: 3}
+        fail_threshold: 5
+        ejection_timeout: 10
+      static:
+        url: https://static.example.net
+        health_check: {path: /ping, interval: 1}
+    routes:
+      - name: assets
+        origin: static
+        stale_while_revalidate: 30
+        stale_if_error: 600
+        grace: 3600
+      - name: rest
+        origin: app
+    """
+)
+
+
+def test_origin_protection_keys_parse_into_typed_objects() -> None:
+    from edgeproxy.pool import PoolSettings, Strategy
+
+    cfg = parse_config(PROTECT, "edge.yaml")
+    c = cfg.cache
+    assert (c.targeted_field, c.strip_targeted) == ("Acme-Cache-Control", False)
+    assert (c.collapse_wait, c.collapse_max_waiters, c.hit_for_pass) == (2.5, 50, 0.0)
+    assert c.collapse_buffer == 256 * 1024
+    # RFC 9213 section 2.1: our field first, then CDN-Cache-Control.
+    assert c.targeted == ("acme-cache-control", "cdn-cache-control")
+    assert cfg.origins["app"].pool == PoolSettings(
+        strategy=Strategy.LEAST_CONNECTIONS,
+        health_path="/healthz",
+        interval=2.0,
+        timeout=0.5,
+        rise=3,
+        fail_threshold=5,
+        ejection_timeout=10.0,
+    )
+    # An interval under the default 2 s timeout brings the timeout down with it.
+    assert cfg.origins["static"].pool == PoolSettings(
+        health_path="/ping", interval=1.0, timeout=1.0
+    )
+    assets, rest = cfg.routes
+    assert assets.policy.stale_while_revalidate == 30 and assets.policy.stale_if_error == 600
+    assert assets.policy.grace == 3600
+    assert assets.policy.targeted == ("acme-cache-control", "cdn-cache-control")
+    assert rest.policy.stale_if_error is None and rest.policy.grace == 86400
+
+
+def test_origin_protection_defaults() -> None:
+    from edgeproxy.pool import PoolSettings
+
+    cfg = parse_config("origin: http://x\n", "edge.yaml")
+    c = cfg.cache
+    assert c.targeted == ("edgeproxy-cache-control", "cdn-cache-control")
+    assert c.strip_targeted is True
+    assert (c.collapse_wait, c.collapse_max_waiters, c.hit_for_pass) == (10.0, 1000, 30.0)
+    assert c.collapse_buffer == 256 * 1024
+    assert cfg.origins["default"].pool == PoolSettings()
+    assert cfg.routes[0].policy.targeted == c.targeted
+
+
+def test_targeted_field_may_be_cdn_cache_control_itself() -> None:
+    cfg = parse_config("cache: {targeted_field: CDN-Cache-Control}\n", "edge.yaml")
+    assert cfg.cache.targeted == ("cdn-cache-control",)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "cache:\n  targeted_field: 'Bad Name'\n",
+            "config/edge.yaml:2 cache.targeted_field: expected a header field name",
+        ),
+        ("cache:\n  strip_targeted: 1\n", "config/edge.yaml:2 cache.strip_targeted: expected true"),
+        ("cache:\n  collapse_wait: -1\n", "config/edge.yaml:2 cache.collapse_wait: expected sec"),
+        (
+            "cache:\n  collapse_max_waiters: many\n",
+            "config/edge.yaml:2 cache.collapse_max_waiters: expected an integer >= 0",
+        ),
+        ("cache:\n  hit_for_pass: x\n", "config/edge.yaml:2 cache.hit_for_pass: expected seconds"),
+        ("cache:\n  collapse_buffer: lots\n", "config/edge.yaml:2 cache.collapse_buffer: expected"),
+        (
+            "origins:\n  a:\n    url: http://x\n    balance: random\n",
+            "config/edge.yaml:4 origins.a.balance: expected round_robin or least_connections",
+        ),
+        (
+            "origins:\n  a:\n    url: http://x\n    fail_threshold: 0\n",
+            "config/edge.yaml:4 origins.a.fail_threshold: expected an integer > 0, got 0",
+        ),
+        (
+            "origins:\n  a:\n    url: http://x\n    ejection_timeout: -1\n",
+            "config/edge.yaml:4 origins.a.ejection_timeout: expected seconds >= 0",
+        ),
+        (
+            "origins:\n  a:\n    url: http://x\n    health_check: {interval: 1}\n",
+            "config/edge.yaml:4 origins.a.health_check.path: required",
+        ),
+        (
+            "origins:\n  a:\n    url: http://x\n    health_check:\n      path: health\n",
+            "config/edge.yaml:5 origins.a.health_check.path: expected a path starting with /",
+        ),
+        (
+            "origins:\n  a:\n    url: http://x\n    health_check:\n      path: /h\n"
+            "      interval: 0\n",
+            "config/edge.yaml:6 origins.a.health_check.interval: expected seconds > 0, got 0",
+        ),
+        (
+            "origins:\n  a:\n    url: http://x\n    health_check:\n      path: /h\n      rise: 0\n",
+            "config/edge.yaml:6 origins.a.health_check.rise: expected an integer > 0",
+        ),
+        (
+            "origins:\n  a:\n    url: http://x\n    health_check:\n      path: /h\n"
+            "      colour: red\n",
+            "config/edge.yaml:6 origins.a.health_check.colour: unknown key",
+        ),
+        (
+            "origins:\n  a:\n    url: http://x\n    health_check:\n      path: /h\n"
+            "      interval: 1\n      timeout: 5\n",
+            "config/edge.yaml:5 origins.a.health_check: timeout must be > 0 and at most interval",
+        ),
+        (
+            "origins: {a: http://x}\nroutes:\n  - name: r\n    grace: -1\n",
+            "config/edge.yaml:4 routes[0].grace: expected seconds >= 0, got -1",
+        ),
+    ],
+)
+def test_origin_protection_errors_name_file_line_and_key(text: str, expected: str) -> None:
+    errors = errors_of(text)
+    assert any(e.startswith(expected) for e in errors), errors

@@ -1,0 +1,316 @@
+"""Request collapsing: concurrent misses of one cache key make one origin request.
+
+The first request that must go upstream for a key (a miss, or a stale entry
+to revalidate) becomes the *leader*: it registers a `Flight` and goes
+upstream as usual. Requests for the same key that arrive meanwhile become
+*waiters*: they wait, woken by the leader (an asyncio.Event replaced on every
+change, never polling), for the flight's `Outcome`:
+
+- `Streaming`: the response is storable. The leader appends each body chunk
+  to the flight as it tees it to its client and the store; waiters stream
+  it from offset 0 while it is still arriving. The first `buffer_limit` bytes
+  are kept in memory; past that, if anyone is waiting, the rest goes to an
+  unnamed temp file in the cache directory (so memory stays bounded whatever
+  the body size and however slow a waiter's client is); if nobody is, the
+  flight stops taking waiters (no copy is made) and late arrivals wait for it
+  to land, then look up the store again.
+- `Refreshed`: a 304 validated the stored response; it was merged and stored,
+  and waiters answer from the store.
+- `Released`: nothing to share (the response was not storable, or the leader
+  failed). Waiters go upstream on their own at once; after an origin error
+  (`error`) they answer that error, or stale-if-error, instead of sending the
+  failing origin one more request each.
+
+A waiter waits at most `collapse_wait` seconds for the outcome, then goes on
+its own; at most `collapse_max_waiters` wait per key, the others go on their
+own. A key whose response was not storable for a reason of the response
+(private, no-store, Set-Cookie, ...) is remembered for `hit_for_pass`
+seconds (Varnish's hit-for-pass): its requests skip collapsing, so
+uncacheable traffic is never serialised. They still try to store the answer.
+
+The leader's client is not a reader of the flight: the leader writes to it
+directly, so a lone miss costs one small object and two dict operations.
+When the leader's client disconnects mid-body, the leader keeps filling if
+anyone waits (the fill completes for them and is stored), and aborts as before
+if nobody does.
+
+Scope: one process. Workers sharing a cache directory each collapse their own
+requests; a cross-process lock in the store is not done (at most one origin
+request per key per worker).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import tempfile
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import IO, Any, TypeVar
+
+from edgeproxy.errors import EdgeError
+from edgeproxy.policy.entry import Entry
+
+log = logging.getLogger("edgeproxy.collapse")
+
+T = TypeVar("T")
+
+MAX_PASS_KEYS = 10_000  # hit-for-pass memory: the oldest marks go first beyond this
+
+
+class FlightBroken(Exception):
+    """The leader's body ended uncleanly: a waiter must abort its client too."""
+
+
+@dataclass(frozen=True, slots=True)
+class Streaming:
+    """The response is being stored; its body streams through the flight."""
+
+    entry: Entry  # as it will be stored (body_size unknown until the end)
+    length: int | None  # Content-Length, when the origin sent one
+
+
+@dataclass(frozen=True, slots=True)
+class Refreshed:
+    """A 304 freshened the stored response (merged, stored): answer from the store."""
+
+    entry: Entry
+
+
+@dataclass(frozen=True, slots=True)
+class Released:
+    """Nothing to share: each waiter goes on its own.
+
+    `error`: the leader's request failed (no response); `status`: the
+    origin's status when one came. Either lets a waiter try stale-if-error.
+    """
+
+    error: EdgeError | None = None
+    status: int | None = None
+
+
+Outcome = Streaming | Refreshed | Released
+
+
+class Flight:
+    """One origin request in progress for a key, and what its waiters need."""
+
+    def __init__(self, key: str, buffer_limit: int, spill_dir: str | None) -> None:
+        self.key = key
+        self.outcome: Outcome | None = None
+        self.waiters = 0  # registered waiters (waiting or streaming)
+        self.landed = False  # out of the registry: no new waiters
+        self._limit = buffer_limit
+        self._spill_dir = spill_dir
+        self._mem: list[bytes] = []
+        self._mem_size = 0
+        self._size = 0  # bytes appended in all (memory, then file)
+        self._file: IO[bytes] | None = None
+        self._done = False
+        self._broken = False
+        self._closed = False  # the buffer was dropped: nobody may join
+        self._event: asyncio.Event | None = None  # made by the first waiter
+
+    # -- the leader's side --------------------------------------------------------
+
+    @property
+    def joinable(self) -> bool:
+        return not self._closed and not self.landed
+
+    def resolve(self, outcome: Outcome) -> None:
+        if self.outcome is None:
+            self.outcome = outcome
+            self._wake()
+
+    async def append(self, chunk: bytes) -> None:
+        """The next body chunk (Streaming flights)."""
+        if self._closed or self._broken:
+            return
+        n = len(chunk)
+        if self._file is None:
+            if self._mem_size + n <= self._limit:
+                self._mem.append(chunk)
+                self._mem_size += n
+                self._size += n
+                self._wake()
+                return
+            if self.waiters == 0:
+                # Nobody to copy for: stop buffering, keep no copy.
+                self._closed = True
+                self._mem = []
+                return
+            try:
+                self._file = await _run(_temp_file, self._spill_dir)
+            except OSError as e:
+                log.warning("collapsing %s: cannot spill the body: %s", self.key, e)
+                self._break()
+                return
+        try:
+            await _run(_pwrite_all, self._file.fileno(), chunk, self._size - self._mem_size)
+        except OSError as e:
+            log.warning("collapsing %s: spilling the body failed: %s", self.key, e)
+            self._break()
+            return
+        self._size += n
+        self._wake()
+
+    def finish(self) -> None:
+        """The body ended cleanly."""
+        self._done = True
+        self._wake()
+
+    def abandon(self) -> None:
+        """The leader is gone: release waiters still waiting, break open bodies."""
+        if self.outcome is None:
+            self.resolve(Released())
+        elif isinstance(self.outcome, Streaming) and not self._done:
+            self._break()
+
+    def _break(self) -> None:
+        self._broken = True
+        self._wake()
+
+    # -- the waiters' side ----------------------------------------------------------
+
+    async def wait(self, seconds: float) -> Outcome | None:
+        """The outcome, or None when it takes longer than `seconds`."""
+        if self.outcome is None:
+            try:
+                async with asyncio.timeout(seconds):
+                    while self.outcome is None:
+                        await self._changed()
+            except TimeoutError:
+                return None
+        return self.outcome
+
+    async def wait_landed(self, seconds: float) -> bool:
+        try:
+            async with asyncio.timeout(seconds):
+                while not self.landed:
+                    await self._changed()
+        except TimeoutError:
+            return False
+        return True
+
+    async def body(self, chunk_size: int) -> AsyncIterator[bytes]:
+        """The body from offset 0, as it arrives; FlightBroken if it breaks off."""
+        i = pos = 0
+        while True:
+            if i < len(self._mem):
+                chunk = self._mem[i]
+                i += 1
+                pos += len(chunk)
+                yield chunk
+            elif pos < self._size:
+                assert self._file is not None  # joined before the buffer could close
+                n = min(chunk_size, self._size - pos)
+                data = await _run(os.pread, self._file.fileno(), n, pos - self._mem_size)
+                if not data:
+                    raise FlightBroken("spilled body is short")
+                pos += len(data)
+                yield data
+            elif self._broken:
+                raise FlightBroken(f"the origin response for {self.key} broke off")
+            elif self._done:
+                return
+            else:
+                await self._changed()
+
+    async def leave(self) -> None:
+        self.waiters -= 1
+        await self._drop_file()
+
+    # -- internals ------------------------------------------------------------------
+
+    async def _drop_file(self) -> None:
+        if self.landed and self.waiters == 0 and self._file is not None:
+            f, self._file = self._file, None
+            with contextlib.suppress(OSError):
+                await _run(f.close)
+
+    def _wake(self) -> None:
+        ev = self._event
+        if ev is not None:
+            self._event = None
+            ev.set()
+
+    async def _changed(self) -> None:
+        if self._event is None:
+            self._event = asyncio.Event()
+        await self._event.wait()
+
+
+class Flights:
+    """The flights of one process, by cache key, and the hit-for-pass marks."""
+
+    def __init__(self) -> None:
+        self._flights: dict[str, Flight] = {}
+        self._passing: dict[str, float] = {}
+
+    def __len__(self) -> int:
+        return len(self._flights)
+
+    def get(self, key: str) -> Flight | None:
+        return self._flights.get(key)
+
+    def waiting(self) -> dict[str, int]:
+        """Keys in flight and how many requests wait on each (stats, tests)."""
+        return {key: f.waiters for key, f in self._flights.items()}
+
+    def lead(self, key: str, buffer_limit: int, spill_dir: str | None) -> Flight:
+        flight = Flight(key, buffer_limit, spill_dir)
+        self._flights[key] = flight
+        return flight
+
+    def land(self, flight: Flight) -> None:
+        """Out of the registry: later requests look up the store again."""
+        if self._flights.get(flight.key) is flight:
+            del self._flights[flight.key]
+        flight.landed = True
+        flight._wake()
+
+    async def close(self, flight: Flight) -> None:
+        """The leader is done with it, whichever way it went."""
+        self.land(flight)
+        flight.abandon()
+        await flight._drop_file()
+
+    def passing(self, key: str, now: float) -> bool:
+        """Is `key` marked hit-for-pass at `now`?"""
+        until = self._passing.get(key)
+        if until is None:
+            return False
+        if until > now:
+            return True
+        del self._passing[key]
+        return False
+
+    def mark_pass(self, key: str, now: float, seconds: float) -> None:
+        if seconds <= 0:
+            return
+        if len(self._passing) >= MAX_PASS_KEYS:
+            for k in [k for k, until in self._passing.items() if until <= now]:
+                del self._passing[k]
+            while len(self._passing) >= MAX_PASS_KEYS:
+                del self._passing[next(iter(self._passing))]
+        self._passing.pop(key, None)  # re-inserted last: the newest mark
+        self._passing[key] = now + seconds
+
+
+def _temp_file(directory: str | None) -> IO[bytes]:
+    # Unnamed (unlinked at once): nothing is left behind, even after a crash.
+    return tempfile.TemporaryFile(dir=directory, prefix="flight-")
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view = view[n:]
+        offset += n
+
+
+async def _run(fn: Callable[..., T], *args: Any) -> T:
+    return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
