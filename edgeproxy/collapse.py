@@ -97,8 +97,11 @@ Outcome = Streaming | Refreshed | Released
 class Flight:
     """One origin request in progress for a key, and what its waiters need."""
 
-    def __init__(self, key: str, buffer_limit: int, spill_dir: str | None) -> None:
+    def __init__(
+        self, key: str, buffer_limit: int, spill_dir: str | None, started_at: float = 0.0
+    ) -> None:
         self.key = key
+        self.started_at = started_at  # the leader's request_time clock
         self.outcome: Outcome | None = None
         self.waiters = 0  # registered waiters (waiting or streaming)
         self.landed = False  # out of the registry: no new waiters
@@ -248,6 +251,12 @@ class Flights:
     def __init__(self) -> None:
         self._flights: dict[str, Flight] = {}
         self._passing: dict[str, float] = {}
+        self.last_purge = 0.0  # issue time of the newest purge this process applied
+
+    def note_purge(self, issued_at: float) -> None:
+        """A purge was issued: flights that began before it may not be joined
+        by later requests (they would be served the purged content)."""
+        self.last_purge = max(self.last_purge, issued_at)
 
     def __len__(self) -> int:
         return len(self._flights)
@@ -255,12 +264,17 @@ class Flights:
     def get(self, key: str) -> Flight | None:
         return self._flights.get(key)
 
+    def joinable_after_purge(self, flight: Flight) -> bool:
+        return flight.started_at >= self.last_purge
+
     def waiting(self) -> dict[str, int]:
         """Keys in flight and how many requests wait on each (stats, tests)."""
         return {key: f.waiters for key, f in self._flights.items()}
 
-    def lead(self, key: str, buffer_limit: int, spill_dir: str | None) -> Flight:
-        flight = Flight(key, buffer_limit, spill_dir)
+    def lead(
+        self, key: str, buffer_limit: int, spill_dir: str | None, started_at: float = 0.0
+    ) -> Flight:
+        flight = Flight(key, buffer_limit, spill_dir, started_at)
         self._flights[key] = flight
         return flight
 

@@ -127,6 +127,14 @@ class CacheConfig:
     collapse_max_waiters: int = 1000
     hit_for_pass: float = 30.0
     collapse_buffer: int = 256 << 10
+    # Surrogate keys (purge by tag): the response fields read for tags, and
+    # whether they are removed from responses to clients.
+    tag_headers: tuple[str, ...] = ("surrogate-key", "cache-tag")
+    strip_tags: bool = True
+    # The in-memory hot tier in front of diskcache (store/tiered.py), per
+    # worker: total bytes (0 turns it off) and the largest body it keeps.
+    memory_size: int = 64 << 20
+    memory_max_object: int = 256 << 10
 
     @property
     def targeted(self) -> tuple[str, ...]:
@@ -677,15 +685,25 @@ def _cache(r: _Reader, node: yaml.Node, path: str) -> CacheConfig:
         "collapse_max_waiters": (_count, "an integer >= 0"),
         "hit_for_pass": (_seconds, "seconds >= 0"),
         "collapse_buffer": (parse_size, "a size such as 1MiB"),
+        "strip_tags": (_bool, "true or false"),
+        "memory_size": (parse_size, "a size such as 64MiB"),
+        "memory_max_object": (parse_size, "a size such as 256KiB"),
     }
-    m = r.mapping(node, path, set(fields))
+    m = r.mapping(node, path, {*fields, "tag_headers"})
     values: dict[str, Any] = {}
     for key, value_node in m.items():
+        if key == "tag_headers":
+            names = r.strings(value_node, f"{path}.{key}", _field_name, "a header field name")
+            values[key] = tuple(n.lower() for n in names)
+            continue
         parse, what = fields[key]
         v = r.scalar(value_node, f"{path}.{key}", parse, what)
         if v is not None:
             values["directory" if key == "dir" else key] = v
-    return CacheConfig(**values)
+    cache = CacheConfig(**values)
+    if cache.memory_max_object > cache.memory_size and "memory_max_object" in m:
+        r.error(m["memory_max_object"], f"{path}.memory_max_object", "larger than memory_size")
+    return cache
 
 
 def _redis_url(v: Any) -> str | None:

@@ -39,6 +39,7 @@ from edgeproxy.http.cache_control import request_cache_control, response_cache_c
 from edgeproxy.http.cache_status import CacheStatus, Fwd, proxy_status
 from edgeproxy.http.conditionals import Precondition, evaluate
 from edgeproxy.http.dates import format_http_date
+from edgeproxy.http.surrogate import surrogate_keys
 from edgeproxy.http.vary import matches, secondary_key, vary_names
 from edgeproxy.policy.decide import (
     Decision,
@@ -332,11 +333,16 @@ class _Exchange:
         if flight is None:
             if flights.passing(self.key, self.edge.clock()):
                 return await go(None)
-            flight = flights.lead(self.key, cache.collapse_buffer, cache.directory)
+            flight = flights.lead(
+                self.key, cache.collapse_buffer, cache.directory, self.edge.clock()
+            )
             try:
                 return await go(flight)
             finally:
                 await flights.close(flight)
+        if not flights.joinable_after_purge(flight):
+            # It began before a purge: its answer may be what was purged.
+            return await go(None)
         if flight.joinable and flight.waiters < cache.collapse_max_waiters:
             return await self.join(flight, d)
         if not flight.joinable and not self._rerun:
@@ -685,8 +691,8 @@ class _Exchange:
             if self.request.method == "HEAD" and self.client:
                 await resp.write_eof()
                 return resp
-            complete, writer = await self._pump(
-                upstream, resp, writer, policy.max_object_size, flight
+            complete, writer, held = await self._pump(
+                upstream, resp, writer, policy.max_object_size, flight, length
             )
             if flight is not None and complete:
                 flight.finish()  # waiters are done; the store commit is ours
@@ -704,6 +710,11 @@ class _Exchange:
                 except StoreError as e:
                     log.warning("not stored %s: %s", self.key, e)
             if complete and not self._client_gone:
+                if held is not None:
+                    try:
+                        await resp.write(held)
+                    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+                        return resp  # stored all the same: the body was complete
                 await resp.write_eof()
             await self._invalidate(upstream)
             return resp
@@ -752,6 +763,8 @@ class _Exchange:
             response_time=response_time,
             vary=names,
             secondary=secondary_key(self.request.headers, names) or (),
+            tags=surrogate_keys(upstream.headers, self.cfg.cache.tag_headers),
+            route=self.route.name,
             targeted=policy.targeted,
         )
         return self.edge.store.open_writer(self.key), entry, ""
@@ -763,14 +776,19 @@ class _Exchange:
         writer: BodyWriter | None,
         max_size: int,
         flight: Flight | None,
-    ) -> tuple[bool, BodyWriter | None]:
-        """Copy the body: (clean end, the writer still worth committing).
+        length: int | None = None,
+    ) -> tuple[bool, BodyWriter | None, bytes | None]:
+        """Copy the body: (clean end, the writer still worth committing, held).
 
         A writer dropped on the way (too big, store error) is already aborted;
         on an unclean end the caller aborts the one returned. The client's
         connection is aborted when the origin fails. When the client leaves,
         the copy goes on while the flight has waiters (the fill is theirs
         too), else it stops.
+
+        With a Content-Length, the last chunk of a body being stored is held
+        back (`held`) until the caller has committed it: a client that has
+        the whole response can count on the next request being a hit.
         """
         chunks: AsyncIterator[bytes] = upstream.content.iter_chunked(CHUNK)
         try:
@@ -790,13 +808,15 @@ class _Exchange:
                     await flight.append(chunk)
                 if self._client_gone:
                     continue
+                if writer is not None and length is not None and writer.size == length:
+                    return True, writer, chunk  # the last chunk: sent after the commit
                 try:
                     await resp.write(chunk)
                 except (ConnectionResetError, aiohttp.ClientConnectionResetError):
                     if flight is None or not flight.waiters:
                         if flight is not None:
                             self.edge.flights.land(flight)  # nobody may join an abandoned fill
-                        return False, writer  # the client left: nothing partial is stored
+                        return False, writer, None  # the client left: nothing partial is stored
                     log.info("%s: client left; the fill goes on for its waiters", self.key)
                     self._client_gone = True
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as e:
@@ -804,8 +824,8 @@ class _Exchange:
             # A silent short 200 would look complete: drop the connection.
             if self.client and self.request.transport is not None:
                 self.request.transport.abort()
-            return False, writer
-        return True, writer
+            return False, writer, None
+        return True, writer, None
 
     async def _invalidate(self, upstream: aiohttp.ClientResponse) -> None:
         """RFC 9111 section 4.4, with targets turned into our keys."""
@@ -837,6 +857,10 @@ class _Exchange:
         if cache.strip_targeted:
             # Directives meant for us, not for caches downstream (RFC 9213 section 3 MAY).
             for name in self.policy.targeted:
+                headers.popall(name, None)
+        if cache.strip_tags:
+            # Surrogate keys are the origin's purge handles, not the client's business.
+            for name in cache.tag_headers:
                 headers.popall(name, None)
         if via:
             headers.add("Via", via_value(self._version(), self.cfg.via))

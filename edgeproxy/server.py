@@ -19,13 +19,26 @@ from edgeproxy.cluster import Cluster
 from edgeproxy.config import Config
 from edgeproxy.reload import Loader, Reloader
 from edgeproxy.state import EDGE, EdgeState, Snapshot
+from edgeproxy.store.base import Store
 from edgeproxy.store.disk import DiskStore
+from edgeproxy.store.tiered import TieredStore
 
 log = logging.getLogger("edgeproxy")
 
 
 def snapshot(config: Config) -> Snapshot:
     return Snapshot(config=config, policy=config.cache.policy())
+
+
+async def open_store(config: Config) -> Store:
+    """diskcache, behind the per-worker hot tier unless `cache.memory_size` is 0."""
+    cache = config.cache
+    disk = await DiskStore.open(cache.directory, size_limit=cache.size_limit)
+    if cache.memory_size <= 0:
+        return disk
+    return await TieredStore.open(
+        disk, max_bytes=cache.memory_size, max_object=cache.memory_max_object
+    )
 
 
 def build_app(
@@ -38,7 +51,7 @@ def build_app(
     app = web.Application(client_max_size=0, handler_args={"max_field_size": 65536})
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        store = await DiskStore.open(config.cache.directory, size_limit=config.cache.size_limit)
+        store = await open_store(config)
         max_conns = config.origin.max_connections if config.origin else 100
         session = origin.make_session(max_conns)
         edge = EdgeState(snapshot(config), store, session, clock, monotonic)

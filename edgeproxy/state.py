@@ -17,6 +17,7 @@ from edgeproxy.collapse import Flights
 from edgeproxy.config import Config, OriginConfig
 from edgeproxy.policy.settings import CachePolicy
 from edgeproxy.pool import Pool
+from edgeproxy.purge import Purge
 from edgeproxy.store.base import Store
 
 log = logging.getLogger("edgeproxy")
@@ -69,6 +70,16 @@ class EdgeState:
         for name in [n for n in self._pools if n not in origins]:
             del self._pools[name]
         return {name: self.pool(o) for name, o in origins.items()}
+
+    async def purge(self, purge: Purge) -> int:
+        """Apply a purge: the one way in for the admin API and the purge bus.
+
+        In-flight fills that began before it stop taking new waiters first,
+        so no request that starts after this returns joins one of them.
+        """
+        if not purge.dry_run:
+            self.flights.note_purge(purge.issued_at)
+        return await self.store.purge(purge)
 
     def spawn(self, coro: Coroutine[Any, Any, None], what: str) -> None:
         """Run `coro` as the proxy's own task: no client waits for it or can cancel it."""

@@ -30,11 +30,6 @@ from tests.e2e.test_admin_api import HOST, AdminAPI, admin_listener, fill, is_hi
 
 ETAG = '"v1"'
 CACHEABLE = {"Cache-Control": "max-age=600", "ETag": ETAG}
-TAGS_XFAIL = pytest.mark.xfail(strict=True, reason="tags wired into proxy.py by the lead")
-COLLAPSE_XFAIL = pytest.mark.xfail(
-    strict=True,
-    reason="proxy.py _collapse joins a flight begun before a purge (report to the lead)",
-)
 
 
 @pytest.fixture
@@ -375,7 +370,6 @@ async def assert_tags_stored(admin: AdminAPI) -> None:
     }
 
 
-@TAGS_XFAIL
 async def test_tags_are_stored_and_not_sent_to_clients(
     proxy: Proxy, origin: ScriptedOrigin, client: aiohttp.ClientSession, admin: AdminAPI
 ) -> None:
@@ -388,7 +382,6 @@ async def test_tags_are_stored_and_not_sent_to_clients(
         assert "Cache-Tag" not in got.headers
 
 
-@TAGS_XFAIL
 @pytest.mark.parametrize("soft", [False, True], ids=["hard", "soft"])
 async def test_tag_purge(
     proxy: Proxy,
@@ -413,7 +406,6 @@ async def test_tag_purge(
     assert await is_hit(proxy, client, "/p2")
 
 
-@TAGS_XFAIL
 async def test_tags_purge_takes_any_of_them_once(
     proxy: Proxy, origin: ScriptedOrigin, client: aiohttp.ClientSession, admin: AdminAPI
 ) -> None:
@@ -431,7 +423,6 @@ async def test_tags_purge_takes_any_of_them_once(
     assert await is_hit(proxy, client, "/p1")
 
 
-@TAGS_XFAIL
 async def test_tag_index_survives_a_restart(
     proxy: Proxy,
     origin: ScriptedOrigin,
@@ -455,7 +446,6 @@ async def test_tag_index_survives_a_restart(
             assert await is_hit(restarted, client, "/p1v", headers={"Accept-Encoding": coding})
 
 
-@TAGS_XFAIL
 async def test_a_replaced_response_takes_its_new_tags(
     proxy: Proxy,
     origin: ScriptedOrigin,
@@ -491,17 +481,10 @@ async def uncollapsed(
     make_proxy: MakeProxy,
     tmp_path: Path,
 ) -> AsyncIterator[tuple[Proxy, AdminAPI]]:
-    """A proxy without request collapsing, and its admin API.
-
-    TODO(lead): collapsing lets a request sent after a purge join a fill begun
-    before it (test_a_request_after_a_purge_never_joins_an_older_fill); once
-    that is fixed, the concurrency test below should run on the default proxy.
-    """
+    """A second proxy (collapsing on, as by default) and its admin API."""
     assert origin.server is not None
     p = await make_proxy(
-        f"http://127.0.0.1:{origin.server.port}",
-        cache_dir=str(tmp_path / "uncollapsed"),
-        collapse_max_waiters=0,
+        f"http://127.0.0.1:{origin.server.port}", cache_dir=str(tmp_path / "uncollapsed")
     )
     async with admin_listener(p, clock) as url:
         yield p, AdminAPI(url, client, p.app[EDGE])
@@ -597,7 +580,6 @@ async def test_no_purged_content_is_served_after_the_purge_answer(
     assert (False, racing, b"v1 " + racing.encode()) in responses
 
 
-@COLLAPSE_XFAIL
 @pytest.mark.parametrize("soft", [False, True], ids=["hard", "soft"])
 async def test_a_request_after_a_purge_never_joins_an_older_fill(
     proxy: Proxy,
