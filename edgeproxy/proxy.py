@@ -68,6 +68,7 @@ from edgeproxy.policy.stale import (
 from edgeproxy.policy.storable import storable
 from edgeproxy.policy.validation import CLIENT_CONDITIONALS, merge_304, validates
 from edgeproxy.pool import Pool, is_server_failure, should_retry
+from edgeproxy.purge_method import handle_purge
 from edgeproxy.routing import apply_edits, bare_host, select_route
 from edgeproxy.state import EDGE, EdgeState, Snapshot
 from edgeproxy.store.base import BodyWriter, StoreError
@@ -102,6 +103,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
     if not host:
         return _text(400, "Bad Request: missing Host header (RFC 9112 section 3.2)\n")
     cfg = snap.config
+    if request.method == "PURGE" and cfg.admin.purge_method:
+        return await handle_purge(request, edge, host, target)
     path = target.partition("?")[0]
     route = select_route(cfg.routes, cfg.default_route, host, path, request.method)
     if route is None:

@@ -46,6 +46,7 @@ class EdgeState:
     # deletions): cancelled and awaited by the app's cleanup.
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _pools: dict[str, tuple[OriginConfig, Pool]] = field(default_factory=dict)
+    admin_token: str | None = None  # for `PURGE <url>` on the public listener
 
     def pool(self, origin: OriginConfig) -> Pool:
         """The origin's pool, rebuilt when a reload changed its servers or settings.
