@@ -1,7 +1,15 @@
 """The admin listener: a separate aiohttp app on its own address.
 
 Routes: `POST /purge`, `GET /entries`, `GET /stats`, `GET /config`,
-`POST /reload`, and `GET /healthz` (the only one open to all, for probes).
+`POST /reload`, `GET /cluster`, and `GET /healthz` (the only one open to
+all, for probes).
+
+With `cluster.redis_url` set (cluster.py), an accepted purge is applied
+here, then published to every edge; its answer carries its `sequence` (null
+while Redis is unreachable and it is queued), and `"wait": true` in the
+request holds the answer until every live edge has applied it (at most
+`cluster.wait_timeout`). `GET /cluster` lists the edges and the last purge
+each applied; `/healthz` says "degraded" while Redis is unreachable.
 
 Every route but `/healthz` needs `Authorization: Bearer <token>`, compared in
 constant time. The token comes from the environment variable named by
@@ -16,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import ipaddress
+import json
 import logging
 import os
 from collections.abc import Awaitable, Callable
@@ -23,13 +32,22 @@ from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from edgeproxy.cachekey import apply_key_rules, primary_key
+from edgeproxy.cluster import Cluster
 from edgeproxy.config import Address, AdminConfig, Config
 from edgeproxy.policy.entry import Entry
 from edgeproxy.policy.freshness import current_age, ttl
 from edgeproxy.policy.settings import CachePolicy
-from edgeproxy.purge import PurgeRequestError, PurgeURL, listing_prefix, parse_purge_json
+from edgeproxy.purge import (
+    Purge,
+    PurgeRequestError,
+    PurgeURL,
+    listing_prefix,
+    parse_purge_json,
+    parse_purge_request,
+)
 from edgeproxy.reload import Reloader
 from edgeproxy.routing import select_route
 from edgeproxy.state import EdgeState, Snapshot
@@ -41,6 +59,7 @@ RELOADER = web.AppKey("reloader", Reloader)
 TOKEN = web.AppKey("token", str)
 PROXY_EDGE = web.AppKey("proxy_edge", EdgeState)
 HEALTH_TIMEOUT = web.AppKey("health_timeout", float)
+CLUSTER = web.AppKey("cluster", Cluster)
 
 HEALTH_TIMEOUT_DEFAULT = 2.0  # seconds the store gets to answer /healthz
 DEFAULT_LIMIT = 100
@@ -175,13 +194,25 @@ async def healthz(request: web.Request) -> web.Response:
     cache_dir = config.cache.directory
     if not await loop.run_in_executor(None, os.access, cache_dir, os.W_OK):
         warnings.append(f"cache directory {cache_dir} is not writable: passing through")
+    cluster = request.app.get(CLUSTER)
+    extra: dict[str, Any] = {}
+    status = "ok"
+    if cluster is not None:
+        extra["cluster"] = state = cluster.status()
+        if not state["connected"]:
+            # Still serving (and purging locally): degraded, not unavailable.
+            status = "degraded"
+            warnings.append(
+                f"cluster: Redis unreachable ({state['last_error']}): purges apply here and "
+                f"are queued ({state['queued']}); purges from other edges wait"
+            )
     if reasons:
         reason = "; ".join(reasons)
         log.warning("healthz: unavailable: %s", reason)
         return web.json_response(
-            {"status": "unavailable", "reason": reason, "warnings": warnings}, status=503
+            {"status": "unavailable", "reason": reason, "warnings": warnings, **extra}, status=503
         )
-    return web.json_response({"status": "ok", "warnings": warnings})
+    return web.json_response({"status": status, "warnings": warnings, **extra})
 
 
 async def post_purge(request: web.Request) -> web.Response:
@@ -193,13 +224,13 @@ async def post_purge(request: web.Request) -> web.Response:
         return json_error(413, f"purge request larger than {request.client_max_size} bytes")
     try:
         # The ban time comes from the clock that stamps request_time (purge.py).
-        purge = parse_purge_json(body, issued_at=edge.clock())
+        purge, wait = parse_purge_body(body, issued_at=edge.clock())
     except PurgeRequestError as e:
         return json_error(400, str(e))
     if isinstance(purge.target, PurgeURL):
         purge = replace(purge, target=PurgeURL(stored_key(purge.target.url, edge.snapshot)))
     try:
-        count = await edge.store.purge(purge)
+        count = await edge.purge(purge)
     except StoreError as e:
         log.error("purge %s failed: %s", purge.target, e)
         return json_error(503, f"purge failed: {e}")
@@ -217,7 +248,78 @@ async def post_purge(request: web.Request) -> web.Response:
     answer: dict[str, Any] = {"purged": count, "soft": purge.soft}
     if purge.dry_run:
         answer["dry_run"] = True
+    cluster = request.app.get(CLUSTER)
+    if cluster is not None and not purge.dry_run:
+        answer.update(await publish(cluster, purge, wait))
     return web.json_response(answer)
+
+
+async def publish(cluster: Cluster, purge: Purge, wait: bool) -> dict[str, Any]:
+    """Send an applied purge to the other edges; with `wait`, until they applied it."""
+    bus = cluster.bus
+    seq = await bus.publish(purge)
+    out: dict[str, Any] = {"sequence": seq, "cluster": "queued" if seq is None else "published"}
+    if wait and seq is not None:
+        try:
+            done = await bus.wait_applied(seq, bus.settings.wait_timeout)
+        except (RedisError, OSError) as e:
+            out["wait"] = {"complete": False, "error": str(e) or type(e).__name__}
+        else:
+            out["wait"] = {
+                "complete": done.complete,
+                "applied": done.applied,
+                "pending": done.pending,
+            }
+    return out
+
+
+def parse_purge_body(body: bytes, *, issued_at: float) -> tuple[Purge, bool]:
+    """The purge request and its `"wait"` flag (an admin option, not part of the purge).
+
+    A body that is not a clean JSON object goes to `parse_purge_json`,
+    which says what is wrong with it exactly as without `wait`.
+    """
+    try:
+        obj = json.loads(body.decode("utf-8"), object_pairs_hook=_no_duplicates)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return parse_purge_json(body, issued_at=issued_at), False
+    if not isinstance(obj, dict) or "wait" not in obj:
+        return parse_purge_request(obj, issued_at=issued_at), False
+    wait = obj.pop("wait")
+    if not isinstance(wait, bool):
+        raise PurgeRequestError(f'"wait" must be true or false, got {json.dumps(wait)[:64]}')
+    return parse_purge_request(obj, issued_at=issued_at), wait
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise ValueError("duplicate name")  # parse_purge_json names it
+    return out
+
+
+async def get_cluster(request: web.Request) -> web.Response:
+    """Every edge of the cluster with the last purge it applied and its last heartbeat."""
+    cluster = request.app.get(CLUSTER)
+    if cluster is None:
+        return json_error(404, "clustering is off: set cluster.redis_url")
+    bus = cluster.bus
+    local = cluster.status()
+    try:
+        async with asyncio.timeout(request.app[HEALTH_TIMEOUT]):
+            now, edges = await bus.edges()
+            head = await bus.head()
+    except (RedisError, OSError, TimeoutError) as e:
+        return json_error(503, f"Redis unreachable: {e or type(e).__name__}", local=local)
+    return web.json_response(
+        {
+            "edge": bus.edge_id,
+            "redis_time": now,
+            "head": head,  # the sequence of the newest purge published
+            "local": local,
+            "edges": [e.to_json() for e in edges],
+        }
+    )
 
 
 def stored_key(url: str, snap: Snapshot) -> str:
@@ -375,6 +477,7 @@ def build_admin_app(
     token: str | None,
     *,
     health_timeout: float = HEALTH_TIMEOUT_DEFAULT,
+    cluster: Cluster | None = None,
 ) -> web.Application:
     app = web.Application(middlewares=[auth_middleware], client_max_size=1 << 20)
     app[PROXY_EDGE] = edge
@@ -382,10 +485,13 @@ def build_admin_app(
     app[HEALTH_TIMEOUT] = health_timeout
     if token is not None:
         app[TOKEN] = token
+    if cluster is not None:
+        app[CLUSTER] = cluster
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/config", get_config)
     app.router.add_post("/reload", post_reload)
     app.router.add_post("/purge", post_purge)
     app.router.add_get("/entries", get_entries)
     app.router.add_get("/stats", get_stats)
+    app.router.add_get("/cluster", get_cluster)
     return app

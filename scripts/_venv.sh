@@ -14,7 +14,29 @@ ensure_venv() {
         echo "== installing edgeproxy[$extra] into $VENV"
         "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
         "$VENV/bin/python" -m pip install -q -e ".[$extra]" 2>&1 | grep -v '^WARNING: Location' || true
-        "$VENV/bin/python" -c "import edgeproxy, aiohttp, diskcache, yaml" 
+        "$VENV/bin/python" -c "import edgeproxy, aiohttp, diskcache, yaml, redis"
         touch "$stamp"
     fi
+}
+
+# ensure_redis_server: the cluster tests (tests/e2e/test_cluster*.py) start their
+# own redis-server processes on loopback; install Debian's package when missing.
+# Failure is tolerated: those tests then skip, saying why.
+ensure_redis_server() {
+    if command -v redis-server >/dev/null 2>&1; then
+        return 0
+    fi
+    echo "== installing redis-server (for the cluster tests)"
+    if command -v apt-get >/dev/null 2>&1; then
+        local sudo=""
+        if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1; then sudo="sudo -n"; fi
+        { $sudo apt-get update -qq && \
+          DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server; } \
+            >/dev/null 2>&1 || true
+    fi
+    if command -v redis-server >/dev/null 2>&1; then
+        return 0
+    fi
+    echo "== redis-server unavailable: the cluster tests will be skipped"
+    return 0
 }
