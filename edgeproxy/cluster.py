@@ -55,7 +55,7 @@ import math
 import os
 import socket
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -325,7 +325,7 @@ class PurgeBus:
         self,
         settings: ClusterConfig,
         client: redis.Redis,
-        store: Callable[[], Store],
+        apply: Callable[[Purge], Awaitable[int]],
         clock: Callable[[], float],
         cache_dir: str,
         edge_id: str,
@@ -334,7 +334,8 @@ class PurgeBus:
         self.edge_id = edge_id
         self.node = uuid.uuid4().hex
         self._redis = client
-        self._store = store
+        # EdgeState.purge: the store, and in-flight fills stop taking waiters.
+        self._apply_purge = apply
         self._clock = clock
         ns = settings.namespace
         self.stream, self.counter = f"{ns}:purges", f"{ns}:seq"
@@ -496,7 +497,7 @@ class PurgeBus:
 
     async def _empty_cache(self, why: str) -> None:
         log.warning("cluster: emptying the cache: %s", why)
-        count = await self._store().purge(Purge(PurgeAll(), issued_at=self._clock()))
+        count = await self._apply_purge(Purge(PurgeAll(), issued_at=self._clock()))
         self.wiped += 1
         log.warning("cluster: emptied the cache (%d entries)", count)
 
@@ -526,7 +527,7 @@ class PurgeBus:
                     pos = Position(pos.epoch, entry_id, pos.last_seq)
                     continue
                 if message.node != self.node:
-                    count = await self._store().purge(message.purge)
+                    count = await self._apply_purge(message.purge)
                     self.applied += 1
                     log.info(
                         "cluster: applied purge %d %s%s from %s: %d entries",
@@ -695,7 +696,7 @@ class Cluster:
         cluster = cls(
             edge,
             PurgeBus(
-                settings, client, lambda: edge.store, edge.clock, config.cache.directory, edge_id
+                settings, client, edge.purge, edge.clock, config.cache.directory, edge_id
             ),
             client,
         )

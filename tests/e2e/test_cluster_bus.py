@@ -47,7 +47,7 @@ class Node:
         self.client = make_client(self.settings)
         self.store = await DiskStore.open(str(self.dir))
         self.bus = PurgeBus(
-            self.settings, self.client, lambda: self.store, clock, str(self.dir), self.name
+            self.settings, self.client, self.store.purge, clock, str(self.dir), self.name
         )
         await self.bus.start()
 
