@@ -171,6 +171,22 @@ class ClusterConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class Limits:
+    """What one client connection may send or hold (the `limits` block).
+
+    Read when a connection opens (server.py), so a reload applies to new
+    connections.
+    """
+
+    max_request_line: int = 8190  # bytes; longer: 414 (RFC 9112 section 3)
+    max_header_size: int = 65536  # bytes per field line; longer: 431 (RFC 6585 section 5)
+    max_headers: int = 128  # field lines; more: 431
+    header_timeout: float = 30.0  # seconds from a head's first byte to its end; then 408
+    body_timeout: float = 60.0  # seconds a request body may go without a byte; then closed
+    keepalive_timeout: float = 75.0  # seconds an idle connection stays open
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     listen: Address = Address("127.0.0.1", 8080)
     admin: AdminConfig = field(default_factory=AdminConfig)
@@ -180,6 +196,7 @@ class Config:
     default_route: str | None = None
     via: str = "edgeproxy"
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    limits: Limits = field(default_factory=Limits)
     source: str | None = None  # the file it came from, for reloads
 
     @property
@@ -461,6 +478,7 @@ TOP_KEYS = {
     "cache",
     "via",
     "cluster",
+    "limits",
 }
 
 
@@ -490,6 +508,8 @@ def parse_config(text: str, filename: str = "<config>") -> Config:
         cfg = replace(cfg, cache=_cache(r, top["cache"], "cache"))
     if "cluster" in top:
         cfg = replace(cfg, cluster=_cluster(r, top["cluster"], "cluster"))
+    if "limits" in top:
+        cfg = replace(cfg, limits=_limits(r, top["limits"], "limits"))
 
     origins: dict[str, OriginConfig] = {}
     if "origin" in top and "origins" in top:
@@ -759,6 +779,27 @@ def _cluster(r: _Reader, node: yaml.Node, path: str) -> ClusterConfig:
             m["edge_ttl"], f"{path}.edge_ttl", f"must be longer than heartbeat ({c.heartbeat:g}s)"
         )
     return c
+
+
+def _limits(r: _Reader, node: yaml.Node, path: str) -> Limits:
+    fields: dict[str, tuple[Callable[[Any], Any], str]] = {
+        "max_request_line": (parse_size, "a size such as 8KiB"),
+        "max_header_size": (parse_size, "a size such as 64KiB"),
+        "max_headers": (_positive_int, "an integer > 0"),
+        "header_timeout": (_positive_seconds, "seconds > 0"),
+        "body_timeout": (_positive_seconds, "seconds > 0"),
+        "keepalive_timeout": (_positive_seconds, "seconds > 0"),
+    }
+    m = r.mapping(node, path, set(fields))
+    values: dict[str, Any] = {}
+    for key, value_node in m.items():
+        parse, what = fields[key]
+        v = r.scalar(value_node, f"{path}.{key}", parse, what)
+        if v is not None and key in ("max_request_line", "max_header_size") and v <= 0:
+            r.error(value_node, f"{path}.{key}", f"expected {what} > 0, got {v}")
+        elif v is not None:
+            values[key] = v
+    return Limits(**values)
 
 
 ROUTE_KEYS = {

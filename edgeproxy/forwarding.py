@@ -17,6 +17,9 @@ from edgeproxy.http.fields import Headers, split_list, strip_hop_by_hop
 # Fields a client may send that would mislead the origin about the original
 # request; this hop sets its own values instead.
 _UNTRUSTED_REQUEST = ("x-forwarded-host", "x-forwarded-proto", "forwarded-host")
+# URL-override fields some origin frameworks obey (a request keyed as /a but
+# served as /admin poisons the cache): never forwarded, since the key lacks them.
+_URL_OVERRIDES = ("x-original-url", "x-rewrite-url", "x-forwarded-scheme", "x-http-method-override")
 
 
 def via_value(version: tuple[int, int], pseudonym: str) -> str:
@@ -43,7 +46,7 @@ def request_headers(
     sets the origin's own). `drop` removes more fields (e.g. the client's
     conditionals when the cache revalidates its own entry); `add` appends.
     """
-    out = strip_hop_by_hop(incoming, ("host", *_UNTRUSTED_REQUEST, *drop))
+    out = strip_hop_by_hop(incoming, ("host", *_UNTRUSTED_REQUEST, *_URL_OVERRIDES, *drop))
     if upstream_host is not None:
         out["Host"] = upstream_host
     out.add("Via", via_value(version, pseudonym))

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import assert_never
 from urllib.parse import urlsplit
@@ -30,7 +31,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from edgeproxy import origin
-from edgeproxy.cachekey import route_key
+from edgeproxy.cachekey import normalise_host, route_key
 from edgeproxy.collapse import Flight, FlightBroken, Refreshed, Released, Streaming
 from edgeproxy.config import Route
 from edgeproxy.errors import EdgeError
@@ -98,15 +99,29 @@ async def handle(request: web.Request) -> web.StreamResponse:
     snap = edge.snapshot  # read once: in-flight requests keep their rules
     target = request.raw_path
     host = request.headers.get("Host")
-    if not target.startswith("/"):
-        host, target = _absolute_form(target, host)
+    absolute = not target.startswith("/")
+    if absolute:
+        absolute_form = _absolute_form(target, host)
+        if isinstance(absolute_form, str):
+            return _refuse(f"Bad Request: {absolute_form}\n")
+        host, target = absolute_form
     if not host:
-        return _text(400, "Bad Request: missing Host header (RFC 9112 section 3.2)\n")
+        return _refuse("Bad Request: missing Host header (RFC 9112 section 3.2)\n")
+    # One normalised view for routing, the key and X-Forwarded-Host, so a
+    # request can't be keyed as one URL and described upstream as another.
+    # An invalid Host is a 400 (RFC 9112 section 3.2): a bare uri-host
+    # (reg-name, IPv4, IP-literal) and an optional port, nothing else.
+    if not re.fullmatch(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]+)(?::[0-9]*)?", host):
+        return _refuse("Bad Request: invalid Host (RFC 9112 section 3.2)\n")
+    host = normalise_host(host, "http")
     cfg = snap.config
     if request.method == "PURGE" and cfg.admin.purge_method:
         return await handle_purge(request, edge, host, target)
     path = target.partition("?")[0]
     route = select_route(cfg.routes, cfg.default_route, host, path, request.method)
+    if route is None and absolute:
+        # Not ours: an edge is no forward proxy for other hosts.
+        return _refuse(f"Bad Request: {bare_host(host)} is not served here\n")
     if route is None:
         return _text(404, f"Not Found: no route matches {bare_host(host)}{path}\n")
     if route.origin is None:
@@ -119,18 +134,32 @@ async def handle(request: web.Request) -> web.StreamResponse:
         return ctx.error_response(e)
 
 
-def _absolute_form(target: str, host: str | None) -> tuple[str | None, str]:
-    """Host and origin-form target of an absolute-form request (RFC 9112 section 3.2.2).
+def _refuse(reason: str) -> web.StreamResponse:
+    """A 400 for a request the edge won't serve, on a connection it closes."""
+    resp = _text(400, reason)
+    resp.force_close()
+    return resp
 
-    The target's authority wins over any Host field; anything else that isn't
-    origin-form is passed on as received.
+
+def _absolute_form(target: str, host: str | None) -> tuple[str, str] | str:
+    """Host and origin-form target of an absolute-form request (RFC 9112
+    section 3.2.2), or why the target is refused.
+
+    Only origin-form and absolute-form http(s) targets are served: the
+    target is appended to the origin's URL, so anything else (asterisk- or
+    authority-form, a bare "@evil.example/") could name another host.
+    The authority replaces any Host field, and is then held to the same
+    rules as one (validity, routing): it gains a client nothing a Host
+    field wouldn't. A foreign host, one no route serves, is a 400 in
+    `handle`. Userinfo is refused (RFC 9110 section 4.2.4).
     """
     try:
         parts = urlsplit(target)
     except ValueError:
-        return host, target
-    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
-        return host, target
+        return "invalid request target (RFC 9112 section 3.2)"
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.netloc or "@" in parts.netloc:
+        return "only origin-form and http absolute-form targets are served (RFC 9112 section 3.2)"
     path = parts.path or "/"
     return parts.netloc, f"{path}?{parts.query}" if parts.query else path
 

@@ -7,16 +7,18 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 from aiohttp import web, web_protocol
-from aiohttp.http_parser import HttpRequestParserPy
+from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
+from aiohttp.http_parser import HttpRequestParserPy, RawRequestMessage
+from aiohttp.web_request import BaseRequest
 
 from edgeproxy import origin, proxy
 from edgeproxy.admin import build_admin_app, check_bind, read_token
 from edgeproxy.cluster import Cluster
-from edgeproxy.config import Config
+from edgeproxy.config import Config, Limits
 from edgeproxy.reload import Loader, Reloader
 from edgeproxy.state import EDGE, EdgeState, Snapshot
 from edgeproxy.store.base import Store
@@ -75,6 +77,61 @@ def build_app(
     return app
 
 
+class _HeadRefused(BadHttpMessage):
+    """A request head refused with a status other than aiohttp's blanket 400."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+class _StrictRequestParser(HttpRequestParserPy):
+    """aiohttp's pure-Python request parser, with the statuses RFC 9112 asks for.
+
+    Too long a request line is 414 (RFC 9112 section 3, RFC 9110 section
+    15.5.15); too big or too many header fields 431 (RFC 6585 section 5);
+    a major version other than 1 is 505 (RFC 9110 section 15.6.6): HTTP/2
+    never arrives in an HTTP/1.1 request line.
+    """
+
+    def feed_data(self, data: bytes, *args: Any, **kwargs: Any) -> Any:
+        # The line is appended to _lines only once it fits, so an empty
+        # _lines means the request line was the one too long.
+        try:
+            return super().feed_data(data, *args, **kwargs)
+        except LineTooLong as e:
+            if not self._lines:
+                raise _HeadRefused(
+                    414, f"request line longer than {self.max_line_size} bytes"
+                ) from e
+            raise _HeadRefused(431, f"a header field over {self.max_field_size} bytes") from e
+        except BadHttpMessage as e:
+            if e.message == "Too many headers received":
+                raise _HeadRefused(431, f"more than {self.max_headers} header fields") from e
+            raise
+
+    def parse_message(self, lines: list[bytes]) -> RawRequestMessage:
+        msg = super().parse_message(lines)
+        if msg.version.major != 1:
+            raise _HeadRefused(505, f"HTTP/{msg.version.major}.{msg.version.minor}")
+        if msg.method == "CONNECT" or msg.path == "*":
+            # Authority- and asterisk-form (RFC 9112 sections 3.2.3-3.2.4): an
+            # edge tunnels nothing, and "*" names no resource of an origin.
+            raise _HeadRefused(400, "only origin-form and absolute-form targets are served")
+        return msg
+
+    def head_pending(self) -> bool:
+        """Part of a request head is in (a message started, its body not yet)."""
+        return bool(self._lines or self._tail) and self._payload_parser is None
+
+    def body_pending(self) -> bool:
+        return self._payload_parser is not None
+
+
+_REASONS = {400: "Bad Request", 414: "URI Too Long", 431: "Request Header Fields Too Large"}
+_REASONS[505] = "HTTP Version Not Supported"
+
+
 class _AnyMethodProtocol(web_protocol.RequestHandler):
     """aiohttp's request handler, parsing request heads with its pure-Python parser.
 
@@ -84,6 +141,15 @@ class _AnyMethodProtocol(web_protocol.RequestHandler):
     it costs ~20us more per request head, which is worth forwarding
     everything. tests/e2e/test_forwarding.py guards this against aiohttp
     changes.
+
+    Hostile clients (tests/e2e/test_hostile_requests.py), per `Limits`:
+    a malformed head gets its status (400/414/431/505) with a short reason
+    and the connection closed, logged as one WARNING line, no traceback; a
+    head must be complete within `header_timeout` of its first byte (else
+    408 and close: a byte-a-second dribble is not progress), a request body
+    may not go `body_timeout` without a byte (else the connection is
+    closed and the handler's read fails), and an idle connection closes
+    after `keepalive_timeout`.
     """
 
     def __init__(
@@ -92,11 +158,22 @@ class _AnyMethodProtocol(web_protocol.RequestHandler):
         *,
         loop: asyncio.AbstractEventLoop,
         auto_decompress: bool = True,
+        limits: Limits | None = None,
         **kwargs: Any,
     ) -> None:
+        lim = limits or Limits()
+        kwargs.update(
+            max_line_size=lim.max_request_line,
+            max_field_size=lim.max_header_size,
+            max_headers=lim.max_headers,
+            keepalive_timeout=lim.keepalive_timeout,
+        )
         super().__init__(manager, loop=loop, auto_decompress=auto_decompress, **kwargs)
+        self._limits = lim
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
         queue = getattr(web_protocol, "MAX_MSG_QUEUE_SIZE", None)
-        self._parser = HttpRequestParserPy(
+        self._strict = _StrictRequestParser(
             self,
             loop,
             self._read_bufsize,
@@ -107,17 +184,113 @@ class _AnyMethodProtocol(web_protocol.RequestHandler):
             auto_decompress=auto_decompress,
             **({} if queue is None else {"max_msg_queue_size": queue}),
         )
+        self._parser = self._strict
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._force_close or self._close or self.transport is None:
+            self._cancel_timers()
+            return
+        loop = self._loop
+        if self._strict.head_pending():
+            if self._head_timer is None:  # from the head's first byte, not reset by more
+                self._head_timer = loop.call_later(
+                    self._limits.header_timeout, self._head_timed_out
+                )
+        elif self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+        if self._strict.body_pending():  # reset by every byte: an idle gap, not a total
+            self._body_timer = loop.call_later(self._limits.body_timeout, self._body_timed_out)
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.transport is None or not self._strict.head_pending():
+            return
+        if self._request_in_progress or self._messages:
+            # A pipelined head waits on us, not on the client: count from later.
+            self._head_timer = self._loop.call_later(
+                self._limits.header_timeout, self._head_timed_out
+            )
+            return
+        log.warning("request head not complete in %gs: closing", self._limits.header_timeout)
+        # RFC 9110 section 15.5.9: 408 on a connection the server closes.
+        body = b"Request Timeout: request head not received in time\n"
+        self.transport.write(
+            b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n"
+            b"Content-Type: text/plain; charset=utf-8\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        self.force_close()
+
+    def _body_timed_out(self) -> None:
+        self._body_timer = None
+        if self.transport is None or not self._strict.body_pending():
+            return
+        if self._reading_paused:
+            # Back-pressure from our side (the handler isn't reading): not the client's stall.
+            self._body_timer = self._loop.call_later(
+                self._limits.body_timeout, self._body_timed_out
+            )
+            return
+        log.warning("request body idle for %gs: closing", self._limits.body_timeout)
+        # The handler's pending read fails with a connection error (connection_lost).
+        self.force_close()
+
+    def _cancel_timers(self) -> None:
+        for timer in (self._head_timer, self._body_timer):
+            if timer is not None:
+                timer.cancel()
+        self._head_timer = self._body_timer = None
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._cancel_timers()
+        super().connection_lost(exc)
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        """A malformed head: its status and one short line, logged without a
+        traceback (a hostile client must not flood the log). Anything else
+        (a handler bug) goes to aiohttp's own, traceback and all."""
+        if not isinstance(exc, BadHttpMessage) or request.writer.output_size > 0:
+            return super().handle_error(request, status, exc, message)
+        if isinstance(exc, _HeadRefused):
+            status = exc.status
+        reason = exc.message if len(exc.message) <= 160 else exc.message[:160] + "..."
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        log.warning("refused a request from %s: %d %s", peer and peer[0], status, reason)
+        title = _REASONS.get(status, "Bad Request")
+        resp = web.Response(status=status, text=f"{title}: {reason}\n")
+        resp.force_close()
+        return resp
 
 
 class _AnyMethodServer(web.Server):
+    limits: Callable[[], Limits] = Limits
+
     def __call__(self) -> web_protocol.RequestHandler:
-        return _AnyMethodProtocol(self, loop=self._loop, **self._kwargs)
+        return _AnyMethodProtocol(self, loop=self._loop, limits=self.limits(), **self._kwargs)
 
 
 class _Runner(web.AppRunner):
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
         server.__class__ = _AnyMethodServer  # same state, our protocol factory
+        app = self.app
+
+        def limits() -> Limits:
+            # Read per connection: a reload applies to new connections.
+            return app[EDGE].snapshot.config.limits if EDGE in app else Limits()
+
+        server.limits = limits  # type: ignore[attr-defined]
         return server
 
 
@@ -125,7 +298,9 @@ def make_runner(app: web.Application, **kwargs: Any) -> web.AppRunner:
     """The public listener's runner; `run` and the e2e harness both use it.
 
     Handlers are not cancelled when a client disconnects: the proxy notices
-    on its next write and aborts what it was storing.
+    on its next write and aborts what it was storing. Per-connection limits
+    (sizes, timeouts) come from the app's config (`limits`), read as each
+    connection opens; an app without one (the test origin) gets the defaults.
     """
     return _Runner(app, handler_cancellation=False, access_log=None, **kwargs)
 
@@ -141,9 +316,21 @@ async def serve_app(app: web.Application, host: str, port: int) -> None:
         await runner.cleanup()
 
 
+def run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """asyncio.run, on uvloop when it is installed (the `speed` extra)."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+        return
+    log.debug("using uvloop")
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main)
+
+
 def run_app(app: web.Application, host: str, port: int) -> None:
     with contextlib.suppress(web.GracefulExit, KeyboardInterrupt):
-        asyncio.run(serve_app(app, host, port))
+        run_loop(serve_app(app, host, port))
 
 
 def apply_config(edge: EdgeState) -> Callable[[Config], None]:
@@ -172,6 +359,7 @@ async def serve(config: Config, load: Loader | None, config_path: str | None) ->
     tasks: list[asyncio.Task[None]] = []
     try:
         edge = proxy_app[EDGE]
+        edge.admin_token = token
         if config.cluster.redis_url is not None:
             # Before the listeners open: a returning edge replays missed purges first.
             cluster = await Cluster.start(config, edge)
@@ -216,4 +404,4 @@ async def _reload(reloader: Reloader) -> None:
 def run(config: Config, load: Loader | None = None, config_path: str | None = None) -> None:
     # On a signal asyncio.run cancels serve(), whose finally cleans up.
     with contextlib.suppress(web.GracefulExit, KeyboardInterrupt):
-        asyncio.run(serve(config, load, config_path))
+        run_loop(serve(config, load, config_path))

@@ -216,3 +216,33 @@ def test_response_headers_total(upstream: CIMultiDictProxy[str]) -> None:
     out = response_headers(upstream, version=(1, 1), pseudonym="edge")
     assert not {k.lower() for k in out} & (HOP_BY_HOP | {"content-length"})
     assert out.getall("via")[-1] == "1.1 edge"
+
+
+def test_url_override_fields_are_never_forwarded() -> None:
+    # Cache poisoning: the key lacks these, so an origin that obeys them could
+    # serve /admin under the key of /a. They never reach the origin.
+    from multidict import CIMultiDict as _CI
+
+    from edgeproxy.forwarding import request_headers as _rh
+
+    incoming = _CI(
+        [
+            ("X-Original-URL", "/admin"),
+            ("X-Rewrite-URL", "/admin"),
+            ("X-Forwarded-Scheme", "nothttps"),
+            ("X-HTTP-Method-Override", "DELETE"),
+            ("Accept", "*/*"),
+        ]
+    )
+    out = _rh(
+        incoming,
+        version=(1, 1),
+        client_ip="127.0.0.1",
+        host="a.example",
+        scheme="http",
+        pseudonym="edge",
+        upstream_host=None,
+    )
+    for name in ("X-Original-URL", "X-Rewrite-URL", "X-Forwarded-Scheme", "X-HTTP-Method-Override"):
+        assert name not in out
+    assert out["Accept"] == "*/*"
