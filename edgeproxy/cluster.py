@@ -695,9 +695,7 @@ class Cluster:
         edge_id = settings.edge_id or default_edge_id(config)
         cluster = cls(
             edge,
-            PurgeBus(
-                settings, client, edge.purge, edge.clock, config.cache.directory, edge_id
-            ),
+            PurgeBus(settings, client, edge.purge, edge.clock, config.cache.directory, edge_id),
             client,
         )
         if settings.shared_tier:
