@@ -120,3 +120,33 @@ class Store(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+class BoundedCopy:
+    """A copy of a body's chunks kept while the body stays within `limit` bytes.
+
+    Store wrappers (hot tier, shared tier) keep one beside the inner writer;
+    past the limit the copy is dropped and only the inner store keeps the body.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._kept = 0
+        self._chunks: list[bytes] | None = []
+
+    def add(self, chunk: bytes) -> None:
+        if self._chunks is None:
+            return
+        self._kept += len(chunk)
+        if self._kept > self._limit:
+            self._chunks = None
+        else:
+            self._chunks.append(bytes(chunk))  # bytes(b) is b: no copy
+
+    def take(self) -> list[bytes] | None:
+        """The chunks (None when it grew too big); the copy is empty after."""
+        chunks, self._chunks = self._chunks, None
+        return chunks
+
+    def drop(self) -> None:
+        self._chunks = None

@@ -44,7 +44,7 @@ from edgeproxy.policy.entry import CorruptEntry, Entry, entry_from_dict
 from edgeproxy.policy.settings import CachePolicy
 from edgeproxy.policy.stale import keep_until
 from edgeproxy.purge import Purge, PurgeAll, PurgePrefix, PurgeTags, PurgeURL, host_prefixes
-from edgeproxy.store.base import Banned, Body, BodyWriter, Store, StoreError
+from edgeproxy.store.base import Banned, Body, BodyWriter, BoundedCopy, Store, StoreError
 
 log = logging.getLogger("edgeproxy.store")
 
@@ -395,8 +395,7 @@ class SharedWriter:
     def __init__(self, store: SharedTierStore, inner: BodyWriter) -> None:
         self._store = store
         self._inner = inner
-        self._chunks: list[bytes] | None = []
-        self._kept = 0
+        self._copy = BoundedCopy(self._store.max_object)
 
     @property
     def size(self) -> int:
@@ -404,20 +403,15 @@ class SharedWriter:
 
     async def write(self, chunk: bytes) -> None:
         await self._inner.write(chunk)
-        if self._chunks is not None:
-            self._kept += len(chunk)
-            if self._kept > self._store.max_object:
-                self._chunks = None  # too big to share
-            else:
-                self._chunks.append(bytes(chunk))
+        self._copy.add(chunk)
 
     async def commit(self, entry: Entry) -> Entry:
-        chunks, self._chunks = self._chunks, None
+        chunks = self._copy.take()
         stored = await self._inner.commit(entry)  # Banned / StoreError: nothing shared
         if chunks is not None:
             self._store._share(stored, b"".join(chunks))
         return stored
 
     async def abort(self) -> None:
-        self._chunks = None
+        self._copy.drop()
         await self._inner.abort()

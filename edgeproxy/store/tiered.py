@@ -38,7 +38,7 @@ from typing import IO, Any, TypeVar
 
 from edgeproxy.policy.entry import Entry
 from edgeproxy.purge import Purge, PurgeURL
-from edgeproxy.store.base import Body, StoreError
+from edgeproxy.store.base import Body, BoundedCopy, StoreError
 from edgeproxy.store.disk import DiskStore, DiskWriter
 from edgeproxy.store.generation import ALL, Generation, key_hash
 from edgeproxy.store.memory import MemoryTier
@@ -283,8 +283,7 @@ class TieredWriter:
     def __init__(self, tier: TieredStore, inner: DiskWriter) -> None:
         self._tier = tier
         self._inner = inner
-        self._chunks: list[bytes] | None = []
-        self._kept = 0
+        self._copy = BoundedCopy(self._tier.max_object)
 
     @property
     def size(self) -> int:
@@ -292,18 +291,13 @@ class TieredWriter:
 
     async def write(self, chunk: bytes) -> None:
         await self._inner.write(chunk)
-        if self._chunks is not None:
-            self._kept += len(chunk)
-            if self._kept > self._tier.max_object:
-                self._chunks = None  # too big for memory: the disk alone keeps it
-            else:
-                self._chunks.append(bytes(chunk))  # bytes(b) is b: no copy
+        self._copy.add(chunk)
 
     async def commit(self, entry: Entry) -> Entry:
         tier = self._tier
         tier._sync()
         since = tier._seen
-        chunks, self._chunks = self._chunks, None
+        chunks = self._copy.take()
         # Shielded: once the disk may have it, the record must go out.
         return await asyncio.shield(self._commit(entry, since, chunks))
 
@@ -317,5 +311,5 @@ class TieredWriter:
         return stored
 
     async def abort(self) -> None:
-        self._chunks = None
+        self._copy.drop()
         await self._inner.abort()
