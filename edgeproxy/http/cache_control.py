@@ -7,6 +7,7 @@ that an invalid max-age make the response stale, not fall back to Expires.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 from edgeproxy.http.fields import Headers, is_token, split_list, unquote
@@ -71,8 +72,12 @@ class CacheControl:
 EMPTY = CacheControl()
 
 
+@functools.lru_cache(maxsize=1024)
 def parse_cache_control(value: str | None) -> CacheControl:
     """Parse a combined field value. Never raises.
+
+    Memoised (hits re-read the same few values): the CacheControl returned is
+    shared, so callers must treat it, and its `directives`, as read-only.
 
     Unknown directives are kept (section 5.2.3 extensions); a repeated directive
     keeps its first occurrence, the conservative reading of section 4.2.1's

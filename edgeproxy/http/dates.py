@@ -15,6 +15,7 @@ Zones other than GMT are invalid (RFC 9111 section 4.2).
 from __future__ import annotations
 
 import calendar
+import functools
 import math
 import re
 from email.utils import formatdate
@@ -55,8 +56,13 @@ def _two_digit_year(yy: int) -> int:
     return 1900 + yy if yy >= 69 else 2000 + yy
 
 
+@functools.lru_cache(maxsize=1024)
 def parse_http_date(value: str | None) -> float | None:
-    """Seconds since the epoch, or None when absent or invalid."""
+    """Seconds since the epoch, or None when absent or invalid.
+
+    Memoised: a hit reads the same few Date / Last-Modified / Expires values
+    over and over, and the result is an immutable float.
+    """
     if value is None:
         return None
     v = value.strip(" \t")
