@@ -18,12 +18,14 @@ Protecting the origin, on that path:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import copy
 import logging
 import re
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import assert_never
+from typing import IO, assert_never
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -40,6 +42,20 @@ from edgeproxy.http.cache_control import request_cache_control, response_cache_c
 from edgeproxy.http.cache_status import CacheStatus, Fwd, proxy_status
 from edgeproxy.http.conditionals import Precondition, evaluate
 from edgeproxy.http.dates import format_http_date
+from edgeproxy.http.ranges import (
+    ACCEPT_RANGES,
+    IGNORE,
+    ByteRange,
+    NotPartial,
+    Part,
+    content_range,
+    evaluate_range,
+    multipart_content_type,
+    multipart_length,
+    multipart_parts,
+    multipart_trailer,
+    unsatisfied_content_range,
+)
 from edgeproxy.http.surrogate import surrogate_keys
 from edgeproxy.http.vary import matches, secondary_key, vary_names
 from edgeproxy.policy.decide import (
@@ -72,7 +88,7 @@ from edgeproxy.pool import Pool, is_server_failure, should_retry
 from edgeproxy.purge_method import handle_purge
 from edgeproxy.routing import apply_edits, bare_host, select_route
 from edgeproxy.state import EDGE, EdgeState, Snapshot
-from edgeproxy.store.base import BodyWriter, StoreError
+from edgeproxy.store.base import Body, BodyWriter, StoreError
 
 log = logging.getLogger("edgeproxy.proxy")
 
@@ -92,6 +108,10 @@ _COLLAPSIBLE_FWD = frozenset({Fwd.URI_MISS, Fwd.VARY_MISS, Fwd.STALE})
 
 class UpstreamBroke(Exception):
     """The origin failed mid-body: the client connection must be aborted."""
+
+
+class ShortBody(Exception):
+    """A stored body file ended before a range's last byte (damaged or truncated)."""
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
@@ -292,11 +312,22 @@ class _Exchange:
                 body = await self.edge.store.open_body(entry)
                 if body is None:
                     return None
+                if entry.status == 200 and self.client:
+                    # Preconditions passed (above): now Range and If-Range
+                    # (RFC 9110 section 13.2.2 step 5, section 14.2).
+                    spans = evaluate_range(
+                        self.request.method, self.request.headers, entry.fields, body.size
+                    )
+                    if spans is not IGNORE:
+                        return await self._serve_ranges(d, cs, validated, body, spans)
                 chunks = self.edge.store.read_body(body, CHUNK)
         elif self.request.method != "HEAD":
             chunks = flight.body(CHUNK)
         self._count_hit(cs)
         headers = reuse_fields(entry, d.age, validated)
+        if entry.status == 200:
+            # A stored complete 200 is one we answer ranges of (RFC 9110 section 14.3).
+            headers["Accept-Ranges"] = ACCEPT_RANGES
         resp = await self._send_head(entry.status, headers, cs, length=length, via=True)
         if chunks is not None:
             try:
@@ -310,6 +341,69 @@ class _Exchange:
                 if self.request.transport is not None:
                     self.request.transport.abort()
                 return resp
+        await resp.write_eof()
+        return resp
+
+    async def _serve_ranges(
+        self,
+        d: Serve,
+        cs: CacheStatus,
+        validated: bool,
+        body: Body,
+        spans: list[ByteRange] | NotPartial,
+    ) -> web.StreamResponse:
+        """A 206 (RFC 9110 section 15.3.7) or 416 (15.5.17) from a stored
+        complete 200 whose `body` is open; it is closed here either way."""
+        entry = d.entry
+        length = body.size
+        self._count_hit(cs)
+        if isinstance(spans, NotPartial):  # UNSATISFIABLE: IGNORE stayed a 200 in the caller
+            await _close_body(body)
+            refused = self.respond_text(416, "Range Not Satisfiable\n", cs)
+            refused.headers["Content-Range"] = unsatisfied_content_range(length)
+            refused.headers["Accept-Ranges"] = ACCEPT_RANGES
+            return refused
+        # A 206 keeps the stored fields (Date, Cache-Control, ETag, Expires,
+        # Content-Location, Vary); its Content-Length is the message's (15.3.7).
+        headers = reuse_fields(entry, d.age, validated)
+        headers["Accept-Ranges"] = ACCEPT_RANGES
+        headers.popall("Content-Range", None)
+        plan: list[Part]
+        trailer = b""
+        if len(spans) == 1:
+            ((start, end),) = spans
+            headers["Content-Range"] = content_range(start, end, length)
+            size = end - start + 1
+            plan = [Part(b"", start, end)]
+        else:
+            # Several parts: multipart/byteranges (14.6, 15.3.7.2), a fresh
+            # boundary per response so the content can't contain it.
+            boundary = secrets.token_hex(16)
+            ctype = entry.fields.get("Content-Type")
+            headers["Content-Type"] = multipart_content_type(boundary)
+            size = multipart_length(spans, length, ctype, boundary)
+            plan = multipart_parts(spans, length, ctype, boundary)
+            trailer = multipart_trailer(boundary)
+        try:
+            resp = await self._send_head(206, headers, cs, length=size, via=True)
+            try:
+                for header, start, end in plan:
+                    if header:
+                        await resp.write(header)
+                    async for chunk in _read_span(body, start, end):
+                        await resp.write(chunk)
+                if trailer:
+                    await resp.write(trailer)
+            except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+                return resp
+            except ShortBody:
+                # Content-Length is out: a short 206 would look complete.
+                log.warning("%s: stored body shorter than recorded", self.key)
+                if self.request.transport is not None:
+                    self.request.transport.abort()
+                return resp
+        finally:
+            await _close_body(body)
         await resp.write_eof()
         return resp
 
@@ -709,6 +803,9 @@ class _Exchange:
             )
             if "date" not in headers:
                 headers["Date"] = format_http_date(response_time)
+            if writer is not None and upstream.status == 200:
+                # Once stored, we answer its ranges ourselves (RFC 9110 section 14.3).
+                headers["Accept-Ranges"] = ACCEPT_RANGES
             length = upstream.content_length
             if self.request.method == "HEAD" or upstream.status in (204, 304):
                 length = None if upstream.status in (204, 304) else length
@@ -920,6 +1017,35 @@ class _Exchange:
             self.cfg.cache.status_name, e.proxy_error, str(e)
         )
         return resp
+
+
+def _pread(f: IO[bytes], offset: int, size: int) -> bytes:
+    f.seek(offset)
+    return f.read(size)
+
+
+async def _read_span(body: Body, start: int, end: int) -> AsyncIterator[bytes]:
+    """Bytes start..end (inclusive) of a stored body: sliced from memory, or
+    read from its file off the loop, CHUNK at a time (never the whole file)."""
+    if body.data is not None:
+        yield body.data[start : end + 1]
+        return
+    assert body.file is not None
+    f = body.file
+    loop = asyncio.get_running_loop()
+    pos, stop = start, end + 1
+    while pos < stop:
+        chunk = await loop.run_in_executor(None, _pread, f, pos, min(CHUNK, stop - pos))
+        if not chunk:
+            raise ShortBody(f"ended at {pos} of {stop}")
+        pos += len(chunk)
+        yield chunk
+
+
+async def _close_body(body: Body) -> None:
+    """Close a stored body's file (opened at lookup; the reader closes it)."""
+    if body.file is not None:
+        await asyncio.get_running_loop().run_in_executor(None, body.file.close)
 
 
 class _NoClient(web.StreamResponse):
