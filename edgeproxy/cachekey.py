@@ -8,6 +8,7 @@ never shared across hosts.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import unquote_plus
 
 from edgeproxy.http.fields import Headers
 from edgeproxy.http.vary import normalise
@@ -63,19 +64,32 @@ def apply_key_rules(
 ) -> str:
     """A route's query rules applied to the target, for the key only.
 
-    Parameters are split on `&` alone and compared undecoded, exactly as
-    the origin will receive them; the request forwarded upstream is unchanged.
+    Parameters are split on `&` and kept in the key as sent; the request
+    forwarded upstream is unchanged. Dropping a parameter from the key is
+    only safe if the origin can't read it as a kept one, so a segment stays
+    in the key when any of its `;`-separated pieces names a kept parameter
+    once percent-decoded and case-folded: origins that also split on `;`
+    or decode or case-fold names would otherwise read `?cb=ok&x=1;cb=evil`
+    or `?cb=ok&c%62=evil` as cb=evil under the key of `?cb=ok` (parameter
+    cloaking). Keeping too much only costs hits.
     """
     path, sep, query = path_and_query.partition("?")
     if not sep or ignore_query:
         return path
     params = [p for p in query.split("&") if p]
     if query_params is not None:
-        keep = set(query_params)
-        params = [p for p in params if p.partition("=")[0] in keep]
+        keep = {_param_name(n) for n in query_params}
+        params = [p for p in params if any(_param_name(x) in keep for x in p.split(";"))]
     if sort_query:
-        params.sort()
+        # By name only, and stable: repeated names keep their order, since
+        # origins that take the first (or last) `p` tell ?p=1&p=2 from ?p=2&p=1.
+        params.sort(key=_param_name)
     return f"{path}?{'&'.join(params)}" if params else path
+
+
+def _param_name(param: str) -> str:
+    """A parameter's name as a lenient origin reads it: decoded, case-folded."""
+    return unquote_plus(param.partition("=")[0]).strip().casefold()
 
 
 def key_extras(parts: list[tuple[str, str | None]]) -> str:

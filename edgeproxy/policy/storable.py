@@ -51,6 +51,11 @@ def storable(
         return Storability(False, "status")
     if request_cc.has("no-store"):
         return Storability(False, "request-no-store")  # 5.2.1.5
+    if _has_content(request):
+        # A GET with content ("fat GET"): the content "cannot alter the
+        # meaning" of a GET (RFC 9110 section 9.3.1), yet an origin may read
+        # it, and the key lacks it. Passed through, never stored.
+        return Storability(False, "request-content")
     if response_cc.has("private"):
         # 5.2.2.7: a shared cache must not store it. The qualified form would
         # allow storing without the named fields; a CDN treats any private
@@ -89,3 +94,11 @@ def storable(
     if not explicit and "etag" not in response and "last-modified" not in response:
         return Storability(False, "no-freshness")
     return STORABLE
+
+
+def _has_content(request: Headers) -> bool:
+    """Does the request carry content (RFC 9112 section 6.3)?"""
+    if "transfer-encoding" in request:
+        return True
+    length = request.get("content-length")
+    return length is not None and length.strip() not in ("", "0")

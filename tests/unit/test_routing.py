@@ -130,7 +130,7 @@ def test_header_edits_remove_then_set_then_add() -> None:
         ("/p?b=2&a=1", {"sort_query": True}, "/p?a=1&b=2"),
         ("/p?b=2&a=1&utm=x", {"query_params": ("a", "b")}, "/p?b=2&a=1"),
         ("/p?utm=x", {"query_params": ("a",)}, "/p"),
-        ("/p?a=1&&a=0", {"sort_query": True}, "/p?a=0&a=1"),
+        ("/p?a=1&&a=0", {"sort_query": True}, "/p?a=1&a=0"),
         ("/p", {"sort_query": True}, "/p"),
     ],
 )

@@ -247,3 +247,30 @@ def test_storable_invariants(
         assert not rcc.has("no-store") or rcc.has("must-understand")
         if auth:
             assert rcc.has("public") or rcc.has("s-maxage") or rcc.has("must-revalidate")
+
+
+@pytest.mark.parametrize(
+    ("request_fields", "ok"),
+    [
+        ({"Content-Length": "12"}, False),  # a "fat GET": RFC 9110 9.3.1, never stored
+        ({"Transfer-Encoding": "chunked"}, False),
+        ({"Content-Length": "0"}, True),
+        ({}, True),
+    ],
+    ids=["9.3.1-content-length", "9.3.1-chunked", "9.3.1-empty", "9.3.1-none"],
+)
+def test_get_with_content_is_not_stored(request_fields: dict[str, str], ok: bool) -> None:
+    from multidict import CIMultiDict, CIMultiDictProxy
+
+    from edgeproxy.http.cache_control import EMPTY, parse_cache_control
+    from edgeproxy.policy.settings import CachePolicy
+    from edgeproxy.policy.storable import storable
+
+    request = CIMultiDictProxy(CIMultiDict(request_fields))
+    response = CIMultiDictProxy(CIMultiDict({"Cache-Control": "max-age=60"}))
+    verdict = storable(
+        "GET", request, EMPTY, 200, response, parse_cache_control("max-age=60"), CachePolicy()
+    )
+    assert verdict.ok is ok
+    if not ok:
+        assert verdict.reason == "request-content"
