@@ -396,3 +396,20 @@ def test_targeted_field_may_be_cdn_cache_control_itself() -> None:
 def test_origin_protection_errors_name_file_line_and_key(text: str, expected: str) -> None:
     errors = errors_of(text)
     assert any(e.startswith(expected) for e in errors), errors
+
+
+def test_example_cluster_block_is_valid_once_uncommented() -> None:
+    """config/edge.yaml documents `cluster:` commented out (no Redis in the demo)."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "config" / "edge.yaml").read_text()
+    lines = text.splitlines()
+    start = lines.index("# cluster:")
+    block: list[str] = []
+    for line in lines[start:]:
+        if not line.strip():
+            break
+        block.append(line.removeprefix("# "))
+    cfg = parse_config("origin: http://127.0.0.1:1\n" + "\n".join(block) + "\n", "edge.yaml")
+    assert cfg.cluster.redis_url == "redis://127.0.0.1:6379/0"
+    assert cfg.cluster.shared_tier is False
