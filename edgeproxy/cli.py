@@ -8,6 +8,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from edgeproxy import __version__
@@ -30,6 +31,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--no-watch", action="store_true", help="don't reload when the config file changes"
+    )
+    s.add_argument(
+        "--workers",
+        type=_positive_int,
+        metavar="N",
+        help="worker processes sharing the port and cache (default: `workers:`, else one per CPU)",
+    )
+    s.add_argument(
+        "--drain-timeout",
+        type=_non_negative_float,
+        metavar="S",
+        help="seconds in-flight requests get on SIGTERM/SIGINT (default: `drain_timeout:`, 30)",
     )
     s.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
@@ -64,6 +77,26 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="print the API's raw JSON")
     _admin_args(e)
     return p
+
+
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer > 0, got {text!r}")
+    return n
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = -1.0
+    if not v >= 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected seconds >= 0, got {text!r}")
+    return v
 
 
 def _admin_args(p: argparse.ArgumentParser) -> None:
@@ -111,7 +144,12 @@ def _serve(args: argparse.Namespace) -> int:
 
     def load() -> Config:
         """The file (re-read on every reload) with the flags on top."""
-        return (load_config(path) if path else Config()).with_overrides(**overrides)
+        cfg = (load_config(path) if path else Config()).with_overrides(**overrides)
+        if args.workers is not None:
+            cfg = replace(cfg, workers=args.workers)
+        if args.drain_timeout is not None:
+            cfg = replace(cfg, drain_timeout=args.drain_timeout)
+        return cfg
 
     try:
         config = load()
@@ -127,13 +165,13 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     from edgeproxy import server
     from edgeproxy.admin import AdminSetupError
+    from edgeproxy.workers import SetupError
 
     try:
-        server.run(config, load if path else None, None if args.no_watch else path)
-    except (AdminSetupError, OSError) as e:
+        return server.run(config, load if path else None, None if args.no_watch else path)
+    except (AdminSetupError, OSError, SetupError) as e:
         print(f"edgeproxy: {e}", file=sys.stderr)
         return 1
-    return 0
 
 
 def _check_config(path: str) -> int:

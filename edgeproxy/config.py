@@ -187,6 +187,15 @@ class Limits:
 
 
 @dataclass(frozen=True, slots=True)
+class LogConfig:
+    """The `log` block: the access log (accesslog.py), one line per request on
+    the `edgeproxy.access` logger, JSON or Apache/nginx combined."""
+
+    access_log: bool = True
+    access_format: Literal["json", "combined"] = "json"
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     listen: Address = Address("127.0.0.1", 8080)
     admin: AdminConfig = field(default_factory=AdminConfig)
@@ -197,6 +206,11 @@ class Config:
     via: str = "edgeproxy"
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     limits: Limits = field(default_factory=Limits)
+    # Worker processes (workers.py); None: one per CPU. Read at start only.
+    workers: int | None = None
+    # Seconds in-flight requests get to finish on SIGTERM/SIGINT. Read at start only.
+    drain_timeout: float = 30.0
+    log: LogConfig = field(default_factory=LogConfig)
     source: str | None = None  # the file it came from, for reloads
 
     @property
@@ -479,6 +493,9 @@ TOP_KEYS = {
     "via",
     "cluster",
     "limits",
+    "log",
+    "workers",
+    "drain_timeout",
 }
 
 
@@ -510,6 +527,14 @@ def parse_config(text: str, filename: str = "<config>") -> Config:
         cfg = replace(cfg, cluster=_cluster(r, top["cluster"], "cluster"))
     if "limits" in top:
         cfg = replace(cfg, limits=_limits(r, top["limits"], "limits"))
+    if "log" in top:
+        cfg = replace(cfg, log=_log(r, top["log"], "log"))
+    if "workers" in top and r.value(top["workers"]) is not None:  # null: one per CPU
+        n = r.scalar(top["workers"], "workers", _positive_int, "an integer > 0")
+        cfg = replace(cfg, workers=n) if n is not None else cfg
+    if "drain_timeout" in top:
+        d = r.scalar(top["drain_timeout"], "drain_timeout", _seconds, "seconds >= 0")
+        cfg = replace(cfg, drain_timeout=d) if d is not None else cfg
 
     origins: dict[str, OriginConfig] = {}
     if "origin" in top and "origins" in top:
@@ -800,6 +825,25 @@ def _limits(r: _Reader, node: yaml.Node, path: str) -> Limits:
         elif v is not None:
             values[key] = v
     return Limits(**values)
+
+
+def _access_format(v: Any) -> str | None:
+    return v if v in ("json", "combined") else None
+
+
+def _log(r: _Reader, node: yaml.Node, path: str) -> LogConfig:
+    fields: dict[str, tuple[Callable[[Any], Any], str]] = {
+        "access_log": (_bool, "true or false"),
+        "access_format": (_access_format, "json or combined"),
+    }
+    m = r.mapping(node, path, set(fields))
+    values: dict[str, Any] = {}
+    for key, value_node in m.items():
+        parse, what = fields[key]
+        v = r.scalar(value_node, f"{path}.{key}", parse, what)
+        if v is not None:
+            values[key] = v
+    return LogConfig(**values)
 
 
 ROUTE_KEYS = {

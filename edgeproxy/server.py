@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
@@ -16,7 +18,7 @@ from aiohttp.http_parser import HttpRequestParserPy, RawRequestMessage
 from aiohttp.web_request import BaseRequest
 
 from edgeproxy import origin, proxy
-from edgeproxy.admin import build_admin_app, check_bind, read_token
+from edgeproxy.admin import AdminSetupError, build_admin_app, check_bind, read_token
 from edgeproxy.cluster import Cluster
 from edgeproxy.config import Config, Limits
 from edgeproxy.reload import Loader, Reloader
@@ -24,6 +26,7 @@ from edgeproxy.state import EDGE, EdgeState, Snapshot
 from edgeproxy.store.base import Store
 from edgeproxy.store.disk import DiskStore
 from edgeproxy.store.tiered import TieredStore
+from edgeproxy.workers import EXIT_SETUP, RELOAD_OTHERS, SetupError, Supervisor
 
 log = logging.getLogger("edgeproxy")
 
@@ -342,41 +345,81 @@ def apply_config(edge: EdgeState) -> Callable[[Config], None]:
     return apply
 
 
-async def serve(config: Config, load: Loader | None, config_path: str | None) -> None:
-    """Run the public and admin listeners until SIGINT/SIGTERM, then clean up.
+class _WorkerReloader(Reloader):
+    """A worker's reloader: a `POST /reload` it answered reaches the other
+    workers through the supervisor (workers.py). SIGHUPs and file edits
+    already reach every worker, so they are not passed on."""
+
+    async def reload(self, trigger: str) -> bool:
+        ok = await super().reload(trigger)
+        if ok and trigger == ADMIN_RELOAD:
+            os.kill(os.getppid(), RELOAD_OTHERS)
+        return ok
+
+
+ADMIN_RELOAD = "admin POST /reload"  # the trigger admin.post_reload passes
+
+
+async def serve(
+    config: Config,
+    load: Loader | None,
+    config_path: str | None,
+    *,
+    worker_of: int | None = None,
+) -> None:
+    """Run the public and admin listeners until SIGINT/SIGTERM, then drain.
 
     SIGHUP reloads the config; so do `POST /reload` and edits to the file.
+    On SIGTERM/SIGINT the public listener closes at once (new connections
+    are refused), in-flight requests get `config.drain_timeout` seconds to
+    finish (then they are cancelled: a cancelled fill aborts, nothing
+    half-written is committed), and the function returns.
+
+    `worker_of` (the supervisor's pid) makes this a worker (workers.py): the
+    listeners share their ports (SO_REUSEPORT), an admin `POST /reload` is
+    passed on, and the worker stops when its supervisor is gone.
     """
     token = read_token(config.admin)
     check_bind(config.admin, token)
     if token is None:
         log.warning("admin listener %s has no token: open to local users only", config.admin.listen)
     proxy_app = build_app(config)
-    runner = make_runner(proxy_app, handle_signals=True)
+    # Our own SIGTERM handler, not aiohttp's: its GracefulExit ends asyncio.run,
+    # which cancels every task, in-flight handlers included.
+    runner = make_runner(proxy_app, shutdown_timeout=config.drain_timeout)
     await runner.setup()
     admin_runner: web.AppRunner | None = None
     cluster: Cluster | None = None
     tasks: list[asyncio.Task[None]] = []
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    reuse = True if worker_of is not None else None
     try:
         edge = proxy_app[EDGE]
         edge.admin_token = token
         if config.cluster.redis_url is not None:
             # Before the listeners open: a returning edge replays missed purges first.
             cluster = await Cluster.start(config, edge)
-        reloader = Reloader(config, load, apply_config(edge), edge.clock)
-        admin_runner = web.AppRunner(
-            build_admin_app(edge, reloader, token, cluster=cluster), access_log=None
-        )
+        reloader_type = Reloader if worker_of is None else _WorkerReloader
+        reloader = reloader_type(config, load, apply_config(edge), edge.clock)
+        admin_app = build_admin_app(edge, reloader, token, cluster=cluster)
+        admin_app.on_response_prepare.append(_worker_header)
+        admin_runner = web.AppRunner(admin_app, access_log=None)
         await admin_runner.setup()
-        await web.TCPSite(runner, config.listen.host, config.listen.port).start()
-        await web.TCPSite(admin_runner, config.admin.listen.host, config.admin.listen.port).start()
-        loop = asyncio.get_running_loop()
+        public = config.listen
+        await web.TCPSite(runner, public.host, public.port, reuse_port=reuse).start()
+        admin = config.admin.listen
+        await web.TCPSite(admin_runner, admin.host, admin.port, reuse_port=reuse).start()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
         if load is not None:
             loop.add_signal_handler(
                 signal.SIGHUP, lambda: tasks.append(loop.create_task(_reload(reloader)))
             )
         if config_path is not None:
             tasks.append(loop.create_task(reloader.watch(config_path)))
+        if worker_of is not None:
+            tasks.append(loop.create_task(_orphan_watch(worker_of, stop)))
         log.info(
             "edgeproxy listening on http://%s (admin http://%s), %d routes, cache in %s",
             config.listen,
@@ -384,24 +427,82 @@ async def serve(config: Config, load: Loader | None, config_path: str | None) ->
             len(config.routes),
             config.cache.directory,
         )
-        await asyncio.Event().wait()
+        await stop.wait()
+        log.info("stopping: draining in-flight requests (up to %gs)", config.drain_timeout)
     finally:
+        # The SIGTERM/SIGINT handlers stay until the end: a repeated signal
+        # (an impatient init system) must not kill a drain half way.
+        # Stop accepting first: new connections are refused while the rest drains.
+        for site in list(runner.sites):
+            await site.stop()
         for task in tasks:
             task.cancel()
         if admin_runner is not None:
             await admin_runner.cleanup()
         if cluster is not None:
             await cluster.stop()
-        await runner.cleanup()
+        await runner.cleanup()  # waits for in-flight handlers, then the app's cleanup_ctx
         if cluster is not None:
             await cluster.close()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+async def _worker_header(request: web.Request, response: web.StreamResponse) -> None:
+    # Which process answered: with SO_REUSEPORT any worker may (operators, tests).
+    response.headers["Edgeproxy-Worker"] = str(os.getpid())
+
+
+async def _orphan_watch(parent: int, stop: asyncio.Event) -> None:
+    """A worker whose supervisor died (kill -9) stops rather than run unsupervised."""
+    while True:  # no event to wait on: the kernel reparents an orphan silently
+        await asyncio.sleep(1.0)
+        if os.getppid() != parent:
+            break
+    log.error("supervisor %d is gone: stopping", parent)
+    stop.set()
 
 
 async def _reload(reloader: Reloader) -> None:
     await reloader.reload("SIGHUP")
 
 
-def run(config: Config, load: Loader | None = None, config_path: str | None = None) -> None:
-    # On a signal asyncio.run cancels serve(), whose finally cleans up.
-    with contextlib.suppress(web.GracefulExit, KeyboardInterrupt):
-        run_loop(serve(config, load, config_path))
+def worker_count(config: Config) -> int:
+    """`workers` from the config/flag; unset: one per CPU, but one with a
+    cluster (each worker would run its own purge-bus consumer: not supported
+    yet, so an explicit `workers > 1` with a cluster is refused)."""
+    if config.workers is not None:
+        if config.workers > 1 and config.cluster.redis_url is not None:
+            raise SetupError(
+                "workers > 1 with cluster.redis_url is not supported yet: use --workers 1"
+            )
+        if config.workers > 1 and 0 in (config.listen.port, config.admin.listen.port):
+            raise SetupError("workers > 1 needs fixed listen ports (port 0 is one per worker)")
+        return config.workers
+    if config.cluster.redis_url is not None:
+        return 1
+    if 0 in (config.listen.port, config.admin.listen.port):
+        return 1
+    return os.cpu_count() or 1
+
+
+def run(config: Config, load: Loader | None = None, config_path: str | None = None) -> int:
+    """Serve with `worker_count(config)` processes; the exit code."""
+    count = worker_count(config)
+    if count == 1:
+        with contextlib.suppress(KeyboardInterrupt):
+            run_loop(serve(config, load, config_path))
+        return 0
+    check_bind(config.admin, read_token(config.admin))  # fail before forking
+    parent = os.getpid()
+
+    def worker(index: int) -> int:
+        try:
+            run_loop(serve(config, load, config_path, worker_of=parent))
+        except (AdminSetupError, OSError) as e:
+            print(f"edgeproxy: worker {index}: {e}", file=sys.stderr)
+            return EXIT_SETUP
+        return 0
+
+    log.info("edgeproxy supervisor pid %d: %d workers", parent, count)
+    return Supervisor(count, worker, config.drain_timeout).run()

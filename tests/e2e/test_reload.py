@@ -72,6 +72,8 @@ class Edge:
             "-m",
             "edgeproxy",
             "serve",
+            "--workers",
+            "1",
             "--config",
             str(self.path),
             *flags,
