@@ -157,6 +157,8 @@ def _serve(args: argparse.Namespace) -> int:
         for line in e.errors:
             print(f"edgeproxy: {line}", file=sys.stderr)
         return 2
+    if config.log.access_log:
+        _access_log_to_stdout()
     if not config.routes:
         print(
             "edgeproxy: no origin: pass --origin URL or give origins and routes in the config",
@@ -172,6 +174,17 @@ def _serve(args: argparse.Namespace) -> int:
     except (AdminSetupError, OSError, SetupError) as e:
         print(f"edgeproxy: {e}", file=sys.stderr)
         return 1
+
+
+def _access_log_to_stdout() -> None:
+    """Access lines alone on stdout, one record per line (JSON or combined);
+    errors and config events stay on stderr with their level and logger."""
+    access = logging.getLogger("edgeproxy.access")
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    access.addHandler(handler)
+    access.setLevel(logging.INFO)
+    access.propagate = False
 
 
 def _check_config(path: str) -> int:

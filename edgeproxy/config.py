@@ -189,7 +189,10 @@ class Limits:
 @dataclass(frozen=True, slots=True)
 class LogConfig:
     """The `log` block: the access log (accesslog.py), one line per request on
-    the `edgeproxy.access` logger, JSON or Apache/nginx combined."""
+    the `edgeproxy.access` logger, JSON or Apache/nginx combined.
+
+    Off by default until the assembly (cli.py) sends that logger to stdout on
+    its own: through the root handler it would share stderr with errors."""
 
     access_log: bool = True
     access_format: Literal["json", "combined"] = "json"

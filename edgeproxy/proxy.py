@@ -24,6 +24,7 @@ import copy
 import logging
 import re
 import secrets
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import IO, assert_never
 from urllib.parse import urlsplit
@@ -33,6 +34,14 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from edgeproxy import origin
+from edgeproxy.accesslog import (
+    REQUEST_ID,
+    AccessRecord,
+    access_log,
+    cache_outcome,
+    emit,
+    request_id,
+)
 from edgeproxy.cachekey import normalise_host, route_key
 from edgeproxy.collapse import Flight, FlightBroken, Refreshed, Released, Streaming
 from edgeproxy.config import Route
@@ -115,43 +124,121 @@ class ShortBody(Exception):
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
+    """Answer one client request; however it ends (refusal, error, an
+    exception), it is one access-log line, and it carries its request id."""
+    started = time.monotonic()
     edge = request.app[EDGE]
     snap = edge.snapshot  # read once: in-flight requests keep their rules
+    at = edge.clock()
+    rid = request_id(request.headers.get(REQUEST_ID))
+    ctx: _Exchange | None = None
+    route_name: str | None = None
+    resp: web.StreamResponse | None = None
+    try:
+        routed = await _route(request, edge, snap, rid)
+        if isinstance(routed, _Exchange):
+            ctx = routed
+            route_name = ctx.route.name
+            try:
+                resp = await ctx.run()
+            except EdgeError as e:
+                log.warning("%s %s: %s", request.method, ctx.key, e)
+                resp = ctx.error_response(e)
+        else:
+            resp, route_name = routed
+            if not resp.prepared:
+                resp.headers[REQUEST_ID] = rid
+        return resp
+    finally:
+        # The line is built only when someone reads it.
+        if snap.config.log.access_log and access_log.isEnabledFor(logging.INFO):
+            record = _access_record(request, at, started, rid, route_name, ctx, resp)
+            emit(record, snap.config.log.access_format)
+
+
+async def _route(
+    request: web.Request, edge: EdgeState, snap: Snapshot, rid: str
+) -> _Exchange | tuple[web.StreamResponse, str | None]:
+    """The exchange for a routed request, or the answer (and route name, if
+    any) for one the edge answers itself."""
     target = request.raw_path
     host = request.headers.get("Host")
     absolute = not target.startswith("/")
     if absolute:
         absolute_form = _absolute_form(target, host)
         if isinstance(absolute_form, str):
-            return _refuse(f"Bad Request: {absolute_form}\n")
+            return _refuse(f"Bad Request: {absolute_form}\n"), None
         host, target = absolute_form
     if not host:
-        return _refuse("Bad Request: missing Host header (RFC 9112 section 3.2)\n")
+        return _refuse("Bad Request: missing Host header (RFC 9112 section 3.2)\n"), None
     # One normalised view for routing, the key and X-Forwarded-Host, so a
     # request can't be keyed as one URL and described upstream as another.
     # An invalid Host is a 400 (RFC 9112 section 3.2): a bare uri-host
     # (reg-name, IPv4, IP-literal) and an optional port, nothing else.
     if not re.fullmatch(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]+)(?::[0-9]*)?", host):
-        return _refuse("Bad Request: invalid Host (RFC 9112 section 3.2)\n")
+        return _refuse("Bad Request: invalid Host (RFC 9112 section 3.2)\n"), None
     host = normalise_host(host, "http")
     cfg = snap.config
     if request.method == "PURGE" and cfg.admin.purge_method:
-        return await handle_purge(request, edge, host, target)
+        return await handle_purge(request, edge, host, target), None
     path = target.partition("?")[0]
     route = select_route(cfg.routes, cfg.default_route, host, path, request.method)
     if route is None and absolute:
         # Not ours: an edge is no forward proxy for other hosts.
-        return _refuse(f"Bad Request: {bare_host(host)} is not served here\n")
+        return _refuse(f"Bad Request: {bare_host(host)} is not served here\n"), None
     if route is None:
-        return _text(404, f"Not Found: no route matches {bare_host(host)}{path}\n")
+        return _text(404, f"Not Found: no route matches {bare_host(host)}{path}\n"), None
     if route.origin is None:
-        return _text(404, f"Not Found: route {route.name!r} has no origin\n")
-    ctx = _Exchange(request, edge, snap, route, host, target)
-    try:
-        return await ctx.run()
-    except EdgeError as e:
-        log.warning("%s %s: %s", request.method, ctx.key, e)
-        return ctx.error_response(e)
+        return _text(404, f"Not Found: route {route.name!r} has no origin\n"), route.name
+    return _Exchange(request, edge, snap, route, host, target, rid)
+
+
+def _access_record(
+    request: web.Request,
+    at: float,
+    started: float,
+    rid: str,
+    route: str | None,
+    ctx: _Exchange | None,
+    resp: web.StreamResponse | None,
+) -> AccessRecord:
+    if resp is None and ctx is not None:
+        resp = ctx.sent  # an exception after the head: what the client got
+    status = resp.status if resp is not None else 500  # else aiohttp answers 500
+    cs = ctx.cache_status if ctx is not None else None
+    if resp is None:
+        cache = "error"
+    else:
+        cache = cache_outcome(cs, status, ctx is not None and ctx.from_store)
+    headers = request.headers
+    return AccessRecord(
+        time=at,
+        client=request.remote,
+        method=request.method,
+        url=request.raw_path,
+        status=status,
+        bytes=_body_bytes(request, resp),
+        duration_ms=round((time.monotonic() - started) * 1000, 3),
+        cache=cache,
+        route=route,
+        origin_status=ctx.origin_status if ctx is not None else None,
+        origin_ms=ctx.origin_ms if ctx is not None else None,
+        request_id=rid,
+        version=f"HTTP/{request.version.major}.{request.version.minor}",
+        referer=headers.get("Referer"),
+        user_agent=headers.get("User-Agent"),
+    )
+
+
+def _body_bytes(request: web.Request, resp: web.StreamResponse | None) -> int:
+    """Body bytes sent: counted as streamed, or the body aiohttp is about to send."""
+    if isinstance(resp, RelayedResponse):
+        return resp.body_bytes
+    if not isinstance(resp, web.Response) or request.method == "HEAD":
+        return 0
+    if resp.status in (204, 304) or not isinstance(resp.body, bytes | bytearray):
+        return 0
+    return len(resp.body)
 
 
 def _refuse(reason: str) -> web.StreamResponse:
@@ -195,8 +282,10 @@ class _Exchange:
         route: Route,
         host: str,
         target: str,
+        rid: str,
     ) -> None:
         self.request = request
+        self.request_id = rid  # forwarded upstream, echoed to the client
         self.edge = edge
         self.snap = snap
         self.cfg = snap.config
@@ -216,6 +305,12 @@ class _Exchange:
         self._slot: tuple[Pool, str] | None = None  # the pool server an upstream response holds
         self._client_gone = False
         self._rerun = False
+        # For the access log, set as they become known (a few attribute sets).
+        self.cache_status: CacheStatus | None = None  # the one sent
+        self.from_store = False  # the response was made from a stored one
+        self.sent: web.StreamResponse | None = None  # its head is out
+        self.origin_status: int | None = None
+        self.origin_ms: float | None = None  # until the origin's head, or its failure
 
     async def run(self) -> web.StreamResponse:
         method = self.request.method
@@ -679,6 +774,8 @@ class _Exchange:
             drop=drop,
             add=add or (),
         )
+        # Replaces any client value: a malformed one was not kept (accesslog.request_id).
+        headers[REQUEST_ID] = self.request_id
         if self.route.request_headers:
             apply_edits(headers, self.route.request_headers)
         return headers
@@ -697,6 +794,7 @@ class _Exchange:
         pool = edge.pool(self.origin)
         tried: list[str] = []
         failure: EdgeError | None = None
+        started = time.monotonic()
         while True:
             server = pool.pick(edge.monotonic(), exclude=tried)
             if server is None:
@@ -715,6 +813,7 @@ class _Exchange:
             except EdgeError as e:
                 pool.release(server)
                 self._record(pool, server, None)
+                self.origin_ms = round((time.monotonic() - started) * 1000, 3)
                 retry = body is None and should_retry(
                     method, connected=origin.connected(e), attempts=len(tried)
                 )
@@ -728,6 +827,8 @@ class _Exchange:
                 raise
             self._record(pool, server, upstream.status)
             self._slot = (pool, server)
+            self.origin_status = upstream.status
+            self.origin_ms = round((time.monotonic() - started) * 1000, 3)
             return upstream
 
     def _record(self, pool: Pool, server: str, status: int | None) -> None:
@@ -981,8 +1082,10 @@ class _Exchange:
         to a response from storage; relayed ones got it in `response_headers`."""
         if not self.client:
             return _NoClient()
+        self.cache_status, self.from_store = cs, via
         cache = self.cfg.cache
         headers["Cache-Status"] = cs.render(cache.status_name)
+        headers[REQUEST_ID] = self.request_id
         if cache.strip_targeted:
             # Directives meant for us, not for caches downstream (RFC 9213 section 3 MAY).
             for name in self.policy.targeted:
@@ -999,11 +1102,14 @@ class _Exchange:
         if length is not None and status not in (204, 304):
             resp.content_length = length
         await resp.prepare(self.request)
+        self.sent = resp
         return resp
 
     def respond_text(self, status: int, text: str, cs: CacheStatus) -> web.Response:
+        self.cache_status, self.from_store = cs, False
         resp = _text(status, text)
         resp.headers["Cache-Status"] = cs.render(self.cfg.cache.status_name)
+        resp.headers[REQUEST_ID] = self.request_id
         resp.headers["Via"] = via_value(self._version(), self.cfg.via)
         return resp
 
@@ -1065,6 +1171,12 @@ class RelayedResponse(web.StreamResponse):
     invent either (RFC 9110 sections 8.3 and 10.2.4: they describe the origin
     and its content), so both are taken out again if we didn't set them.
     """
+
+    body_bytes = 0  # written so far, for the access log
+
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
+        await super().write(data)
+        self.body_bytes += len(data)
 
     async def _prepare_headers(self) -> None:
         invented = [name for name in ("Server", "Content-Type") if name not in self._headers]
