@@ -402,6 +402,29 @@ class _Reader:
             self.error(node, path, f"expected {what}, got {value!r}")
         return parsed
 
+    def table(
+        self,
+        node: yaml.Node,
+        path: str,
+        fields: Mapping[str, tuple[Callable[[Any], Any], str]],
+        extra: frozenset[str] = frozenset(),
+    ) -> tuple[dict[str, Any], dict[str, yaml.Node]]:
+        """A block of scalar keys, each with its parser and description.
+
+        Returns the parsed values and every key's node (keys in `extra` are
+        allowed, left to the caller, and only appear among the nodes).
+        """
+        m = self.mapping(node, path, {*fields, *extra})
+        values: dict[str, Any] = {}
+        for key, value_node in m.items():
+            if key in extra:
+                continue
+            parse, what = fields[key]
+            v = self.scalar(value_node, f"{path}.{key}", parse, what)
+            if v is not None:
+                values[key] = v
+        return values, m
+
     def strings(
         self, node: yaml.Node, path: str, parse: Callable[[Any], str | None], what: str
     ) -> tuple[str, ...]:
@@ -737,17 +760,14 @@ def _cache(r: _Reader, node: yaml.Node, path: str) -> CacheConfig:
         "memory_size": (parse_size, "a size such as 64MiB"),
         "memory_max_object": (parse_size, "a size such as 256KiB"),
     }
-    m = r.mapping(node, path, {*fields, "tag_headers"})
-    values: dict[str, Any] = {}
-    for key, value_node in m.items():
-        if key == "tag_headers":
-            names = r.strings(value_node, f"{path}.{key}", _field_name, "a header field name")
-            values[key] = tuple(n.lower() for n in names)
-            continue
-        parse, what = fields[key]
-        v = r.scalar(value_node, f"{path}.{key}", parse, what)
-        if v is not None:
-            values["directory" if key == "dir" else key] = v
+    values, m = r.table(node, path, fields, frozenset({"tag_headers"}))
+    if "dir" in values:
+        values["directory"] = values.pop("dir")
+    if "tag_headers" in m:
+        names = r.strings(
+            m["tag_headers"], f"{path}.tag_headers", _field_name, "a header field name"
+        )
+        values["tag_headers"] = tuple(n.lower() for n in names)
     cache = CacheConfig(**values)
     if cache.memory_max_object > cache.memory_size and "memory_max_object" in m:
         r.error(m["memory_max_object"], f"{path}.memory_max_object", "larger than memory_size")
@@ -792,13 +812,7 @@ def _cluster(r: _Reader, node: yaml.Node, path: str) -> ClusterConfig:
         "shared_max_object": (parse_size, "a size such as 1MiB"),
         "shared_timeout": (_positive_seconds, "seconds > 0"),
     }
-    m = r.mapping(node, path, set(fields))
-    values: dict[str, Any] = {}
-    for key, value_node in m.items():
-        parse, what = fields[key]
-        v = r.scalar(value_node, f"{path}.{key}", parse, what)
-        if v is not None:
-            values[key] = v
+    values, m = r.table(node, path, fields)
     if isinstance(node, yaml.MappingNode) and "redis_url" not in m:
         r.error(node, f"{path}.redis_url", "required: the Redis URL that turns clustering on")
     c = ClusterConfig(**values)
@@ -818,15 +832,11 @@ def _limits(r: _Reader, node: yaml.Node, path: str) -> Limits:
         "body_timeout": (_positive_seconds, "seconds > 0"),
         "keepalive_timeout": (_positive_seconds, "seconds > 0"),
     }
-    m = r.mapping(node, path, set(fields))
-    values: dict[str, Any] = {}
-    for key, value_node in m.items():
-        parse, what = fields[key]
-        v = r.scalar(value_node, f"{path}.{key}", parse, what)
-        if v is not None and key in ("max_request_line", "max_header_size") and v <= 0:
-            r.error(value_node, f"{path}.{key}", f"expected {what} > 0, got {v}")
-        elif v is not None:
-            values[key] = v
+    values, m = r.table(node, path, fields)
+    for key in ("max_request_line", "max_header_size"):
+        if values.get(key) == 0:
+            r.error(m[key], f"{path}.{key}", f"expected {fields[key][1]} > 0, got 0")
+            del values[key]
     return Limits(**values)
 
 
@@ -839,13 +849,7 @@ def _log(r: _Reader, node: yaml.Node, path: str) -> LogConfig:
         "access_log": (_bool, "true or false"),
         "access_format": (_access_format, "json or combined"),
     }
-    m = r.mapping(node, path, set(fields))
-    values: dict[str, Any] = {}
-    for key, value_node in m.items():
-        parse, what = fields[key]
-        v = r.scalar(value_node, f"{path}.{key}", parse, what)
-        if v is not None:
-            values[key] = v
+    values, _ = r.table(node, path, fields)
     return LogConfig(**values)
 
 
