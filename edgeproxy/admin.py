@@ -48,6 +48,7 @@ from edgeproxy.purge import (
     parse_purge_json,
     parse_purge_request,
 )
+from edgeproxy.ratelimit import FailureLimiter
 from edgeproxy.reload import Reloader
 from edgeproxy.routing import select_route
 from edgeproxy.state import EdgeState, Snapshot
@@ -65,6 +66,7 @@ HEALTH_TIMEOUT_DEFAULT = 2.0  # seconds the store gets to answer /healthz
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 5000  # /entries page size cap (the store caps a listing at 10000)
 
+LIMITER = web.AppKey("limiter", FailureLimiter)
 OPEN_PATHS = frozenset({"/healthz"})
 
 
@@ -158,15 +160,27 @@ async def auth_middleware(
         if refusal is not None:
             return json_error(403, refusal)
         return await handler(request)
+    limiter = request.app[LIMITER]
+    client = request.remote or "?"
+    now = request.app[PROXY_EDGE].monotonic()
+    wait = limiter.retry_after(client, now)
+    if wait is not None:
+        # Too many wrong tokens from this address: refused before any check.
+        resp = json_error(429, "too many failed authentication attempts; try again later")
+        resp.headers["Retry-After"] = str(max(1, int(wait + 0.999)))
+        return resp
     # The auth scheme is case-insensitive (RFC 9110 section 11.1).
     scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
     if not (scheme.lower() == "bearer" and _same_token(presented.strip(" \t"), token)):
+        limiter.failed(client, now)
+        log.warning("admin: rejected credentials from %s for %s", client, request.path)
         resp = json_error(
             401, "missing or invalid bearer token", hint="send Authorization: Bearer <token>"
         )
         # A 401 carries a challenge (RFC 9110 section 15.5.2; RFC 6750 section 3).
         resp.headers["WWW-Authenticate"] = 'Bearer realm="edgeproxy-admin"'
         return resp
+    limiter.succeeded(client)
     return await handler(request)
 
 
@@ -483,6 +497,7 @@ def build_admin_app(
     app[PROXY_EDGE] = edge
     app[RELOADER] = reloader
     app[HEALTH_TIMEOUT] = health_timeout
+    app[LIMITER] = FailureLimiter()
     if token is not None:
         app[TOKEN] = token
     if cluster is not None:

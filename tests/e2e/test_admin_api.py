@@ -613,3 +613,24 @@ async def test_config_and_reload_are_kept(admin: AdminAPI, proxy: Proxy) -> None
     # Started without --config: nothing to reload from, and it says so.
     assert (got.status, got.json["reloaded"]) == (422, False)
     assert got.json["last_error"] == ["no config file: started without --config"]
+
+
+async def test_repeated_wrong_tokens_lock_the_address_out(admin: AdminAPI) -> None:
+    """Brute force: after 10 wrong tokens the address is refused for a while,
+    even with the right token, and nothing is purged meanwhile."""
+    client = admin.client
+    for _ in range(10):
+        async with client.post(
+            admin.url + "/purge",
+            json={"all": True},
+            headers={"Authorization": "Bearer guess"},
+        ) as r:
+            assert r.status == 401
+    async with client.post(
+        admin.url + "/purge", json={"all": True}, headers={"Authorization": f"Bearer {TOKEN}"}
+    ) as r:
+        assert r.status == 429
+        assert int(r.headers["Retry-After"]) >= 1
+        assert "too many failed authentication attempts" in (await r.json())["error"]
+    async with client.get(admin.url + "/healthz") as r:
+        assert r.status == 200  # probes stay open

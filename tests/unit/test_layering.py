@@ -13,6 +13,7 @@ PURE = [
     *sorted((PKG / "policy").glob("*.py")),
     PKG / "cachekey.py",
     PKG / "purge.py",
+    PKG / "ratelimit.py",
     PKG / "routing.py",
     PKG / "forwarding.py",
     PKG / "pool.py",
