@@ -150,3 +150,24 @@ class BoundedCopy:
 
     def drop(self) -> None:
         self._chunks = None
+
+
+class CopyingWriter:
+    """A wrapper store's writer: the inner writer, plus a BoundedCopy of the
+    body for the wrapper's own tier. Subclasses implement `commit`."""
+
+    def __init__(self, inner: BodyWriter, limit: int) -> None:
+        self._inner = inner
+        self._copy = BoundedCopy(limit)
+
+    @property
+    def size(self) -> int:
+        return self._inner.size
+
+    async def write(self, chunk: bytes) -> None:
+        await self._inner.write(chunk)
+        self._copy.add(chunk)
+
+    async def abort(self) -> None:
+        self._copy.drop()
+        await self._inner.abort()

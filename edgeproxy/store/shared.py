@@ -44,7 +44,7 @@ from edgeproxy.policy.entry import CorruptEntry, Entry, entry_from_dict
 from edgeproxy.policy.settings import CachePolicy
 from edgeproxy.policy.stale import keep_until
 from edgeproxy.purge import Purge, PurgeAll, PurgePrefix, PurgeTags, PurgeURL, host_prefixes
-from edgeproxy.store.base import Banned, Body, BodyWriter, BoundedCopy, Store, StoreError
+from edgeproxy.store.base import Banned, Body, BodyWriter, CopyingWriter, Store, StoreError
 
 log = logging.getLogger("edgeproxy.store")
 
@@ -389,21 +389,12 @@ class SharedTierStore:
         await self.inner.close()
 
 
-class SharedWriter:
+class SharedWriter(CopyingWriter):
     """The local writer, plus a copy of the body while it fits `max_object`."""
 
     def __init__(self, store: SharedTierStore, inner: BodyWriter) -> None:
+        super().__init__(inner, store.max_object)
         self._store = store
-        self._inner = inner
-        self._copy = BoundedCopy(self._store.max_object)
-
-    @property
-    def size(self) -> int:
-        return self._inner.size
-
-    async def write(self, chunk: bytes) -> None:
-        await self._inner.write(chunk)
-        self._copy.add(chunk)
 
     async def commit(self, entry: Entry) -> Entry:
         chunks = self._copy.take()
@@ -411,7 +402,3 @@ class SharedWriter:
         if chunks is not None:
             self._store._share(stored, b"".join(chunks))
         return stored
-
-    async def abort(self) -> None:
-        self._copy.drop()
-        await self._inner.abort()

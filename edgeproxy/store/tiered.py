@@ -38,7 +38,7 @@ from typing import IO, Any, TypeVar
 
 from edgeproxy.policy.entry import Entry
 from edgeproxy.purge import Purge, PurgeURL
-from edgeproxy.store.base import Body, BoundedCopy, StoreError
+from edgeproxy.store.base import Body, CopyingWriter, StoreError
 from edgeproxy.store.disk import DiskStore, DiskWriter
 from edgeproxy.store.generation import ALL, Generation, key_hash
 from edgeproxy.store.memory import MemoryTier
@@ -277,21 +277,12 @@ class TieredStore:
             await asyncio.get_running_loop().run_in_executor(None, self._gen.close)
 
 
-class TieredWriter:
+class TieredWriter(CopyingWriter):
     """DiskWriter plus a copy of the chunks while the body fits `max_object`."""
 
     def __init__(self, tier: TieredStore, inner: DiskWriter) -> None:
+        super().__init__(inner, tier.max_object)
         self._tier = tier
-        self._inner = inner
-        self._copy = BoundedCopy(self._tier.max_object)
-
-    @property
-    def size(self) -> int:
-        return self._inner.size
-
-    async def write(self, chunk: bytes) -> None:
-        await self._inner.write(chunk)
-        self._copy.add(chunk)
 
     async def commit(self, entry: Entry) -> Entry:
         tier = self._tier
@@ -309,7 +300,3 @@ class TieredWriter:
         if chunks is not None and tier._admit(h, since, own):
             tier._mem.put_body(stored.key, h, stored.variant, b"".join(chunks))
         return stored
-
-    async def abort(self) -> None:
-        self._copy.drop()
-        await self._inner.abort()
