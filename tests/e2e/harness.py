@@ -302,3 +302,13 @@ class RssWatch:
     @property
     def growth(self) -> int:
         return self.peak - self.baseline
+
+
+async def until(cond: Callable[[], bool], what: str, limit: float = 10.0) -> None:
+    """Wait (bounded) for a state the test needs before it goes on."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + limit
+    while not cond():
+        if loop.time() > end:
+            raise AssertionError(f"gave up waiting for {what}")
+        await asyncio.sleep(0.005)

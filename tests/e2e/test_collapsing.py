@@ -20,7 +20,7 @@ from aiohttp import web
 from edgeproxy.state import EDGE
 from tests.conftest import FakeClock
 from tests.e2e.conftest import MakeProxy
-from tests.e2e.harness import Got, Proxy, Reply, ScriptedOrigin, fetch
+from tests.e2e.harness import Got, Proxy, Reply, ScriptedOrigin, fetch, until
 
 BODY = b"the one answer"
 ETAG = '"v1"'
@@ -30,16 +30,6 @@ MAX_AGE = {"Cache-Control": "max-age=60"}
 def origin_url(origin: ScriptedOrigin) -> str:
     assert origin.server is not None
     return f"http://127.0.0.1:{origin.server.port}"
-
-
-async def until(cond: Callable[[], bool], what: str, limit: float = 10.0) -> None:
-    """Wait (bounded) for a state the test needs before it goes on."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + limit
-    while not cond():
-        if loop.time() > end:
-            raise AssertionError(f"gave up waiting for {what}")
-        await asyncio.sleep(0.005)
 
 
 def waiting(proxy: Proxy) -> int:

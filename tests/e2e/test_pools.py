@@ -30,6 +30,7 @@ from tests.e2e.harness import (
     ScriptedOrigin,
     closed_port_url,
     fetch,
+    until,
 )
 
 NO_STORE = {"Cache-Control": "no-store"}
@@ -97,15 +98,6 @@ async def start(clock: FakeClock, pool_clock: FakeClock, tmp_path: Any) -> Async
     yield go
     for p in started:
         await p.close()
-
-
-async def until(cond: Callable[[], bool], what: str, limit: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + limit
-    while not cond():
-        if loop.time() > end:
-            raise AssertionError(f"gave up waiting for {what}")
-        await asyncio.sleep(0.005)
 
 
 def is_up(proxy: Proxy, server: str, now: float) -> bool:

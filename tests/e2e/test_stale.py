@@ -16,7 +16,7 @@ from aiohttp import web
 from edgeproxy.config import Config
 from edgeproxy.state import EDGE
 from tests.conftest import FakeClock
-from tests.e2e.harness import Proxy, Reply, ScriptedOrigin, fetch, make_config
+from tests.e2e.harness import Proxy, Reply, ScriptedOrigin, fetch, make_config, until
 
 ETAG = '"v1"'
 SWR = {"Cache-Control": "max-age=10, stale-while-revalidate=30", "ETag": ETAG}
@@ -49,15 +49,6 @@ async def start(origin: ScriptedOrigin, clock: FakeClock, tmp_path: Any) -> Asyn
     yield go
     for p in started:
         await p.close()
-
-
-async def until(cond: Callable[[], bool], what: str, limit: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + limit
-    while not cond():
-        if loop.time() > end:
-            raise AssertionError(f"gave up waiting for {what}")
-        await asyncio.sleep(0.005)
 
 
 def gated_304(
