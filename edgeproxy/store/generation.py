@@ -163,6 +163,10 @@ def _open_locked(path: str) -> int:
             if os.fstat(fd).st_size == 0:
                 os.pwrite(fd, struct.pack("=QQ", 0, RING), 0)  # native, as mapped
                 os.ftruncate(fd, SIZE)
+            # Allocate every page now (also those of a file left sparse): a
+            # store into a hole of the mapping on a full disk is SIGBUS, a
+            # crash; here it is an OSError the caller survives.
+            os.posix_fallocate(fd, 0, SIZE)
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
     except BaseException:
