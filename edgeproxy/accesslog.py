@@ -1,7 +1,8 @@
 """Access log: one line per client request, and the request id that ties it
 to the origin's logs.
 
-Pure apart from `emit` (logging) and `request_id` (a random id): the handler
+Pure apart from `emit` (logging, or the batched `LineWriter` that `serve`
+installs) and `request_id` (a per-process random prefix): the handler
 records what it learned on the way (proxy.py) and, only when the
 `edgeproxy.access` logger is enabled for INFO, builds an `AccessRecord` and
 formats it here. Nothing here reads request headers beyond the id, so no
@@ -13,10 +14,15 @@ The cache outcome is derived from the Cache-Status value actually sent
 
 from __future__ import annotations
 
+import asyncio
+import atexit
+import itertools
 import json
 import logging
+import math
+import os
 import re
-import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
@@ -35,11 +41,28 @@ _PROXY_ERRORS = frozenset(e.value for e in ProxyError)
 _STALE_DETAILS = frozenset({"stale-while-revalidate", "stale-if-error"})
 
 
+# A new id is 32 hex digits: 16 random to this process (so workers and
+# restarts don't collide) and a 16-digit counter. Ids must be unique, not
+# unguessable, and a uuid4 per request cost ~4 us of a ~50 us hit.
+_ID_PREFIX = os.urandom(8).hex()
+_id_counter = itertools.count(1)
+
+
 def request_id(sent: str | None) -> str:
-    """The client's X-Request-Id when well-formed, else a new uuid4 (hex)."""
+    """The client's X-Request-Id when well-formed, else a new process-unique id."""
     if sent is not None and _REQUEST_ID.fullmatch(sent):
         return sent
-    return uuid.uuid4().hex
+    return f"{_ID_PREFIX}{next(_id_counter):016x}"
+
+
+def _reseed_ids() -> None:
+    """A forked child must not reuse its parent's prefix."""
+    global _ID_PREFIX, _id_counter
+    _ID_PREFIX = os.urandom(8).hex()
+    _id_counter = itertools.count(1)
+
+
+os.register_at_fork(after_in_child=_reseed_ids)
 
 
 def cache_outcome(cs: CacheStatus | None, status: int, from_store: bool) -> str:
@@ -96,30 +119,50 @@ class AccessRecord:
     user_agent: str | None = None
 
 
+_second: tuple[int, str] = (-1, "")
+
+
 def rfc3339(t: float) -> str:
-    """UTC, milliseconds, `Z` (RFC 3339 section 5.6)."""
-    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """UTC, milliseconds, `Z` (RFC 3339 section 5.6).
+
+    The part up to the second is formatted once per second: one line per
+    request made datetime the second-largest cost of a logged hit.
+    """
+    global _second
+    # Rounded to the microsecond first, as datetime.fromtimestamp does.
+    frac, integral = math.modf(t)
+    whole, micros = int(integral), round(frac * 1_000_000)
+    if micros >= 1_000_000:
+        whole, micros = whole + 1, micros - 1_000_000
+    if _second[0] != whole:
+        _second = (whole, datetime.fromtimestamp(whole, UTC).strftime("%Y-%m-%dT%H:%M:%S"))
+    return f"{_second[1]}.{micros // 1000:03d}Z"
+
+
+# json's own C string encoder: escapes `"`, `\`, every control character and
+# all non-ASCII, exactly as json.dumps does, so a hostile URL cannot forge a
+# second line; the object around it is built here, ~4x faster than dumps.
+_str: Callable[[str], str] = json.encoder.encode_basestring_ascii
+
+
+def _opt_str(v: str | None) -> str:
+    return "null" if v is None else _str(v)
+
+
+def _opt_num(v: float | None) -> str:
+    return "null" if v is None else repr(v)  # int or finite float: as json.dumps
 
 
 def format_json(r: AccessRecord) -> str:
-    """One JSON object; json.dumps escapes every control character, so a
-    hostile URL cannot forge a second line."""
-    return json.dumps(
-        {
-            "time": rfc3339(r.time),
-            "client": r.client,
-            "method": r.method,
-            "url": r.url,
-            "status": r.status,
-            "bytes": r.bytes,
-            "duration_ms": r.duration_ms,
-            "cache": r.cache,
-            "route": r.route,
-            "origin_status": r.origin_status,
-            "origin_ms": r.origin_ms,
-            "request_id": r.request_id,
-        },
-        separators=(",", ":"),
+    """One JSON object on one line, the same text json.dumps with compact
+    separators gives (tests/e2e/test_access_log.py compares them)."""
+    return (
+        f'{{"time":"{rfc3339(r.time)}","client":{_opt_str(r.client)},'
+        f'"method":{_str(r.method)},"url":{_str(r.url)},"status":{int(r.status)},'
+        f'"bytes":{int(r.bytes)},"duration_ms":{float(r.duration_ms)!r},'
+        f'"cache":{_str(r.cache)},"route":{_opt_str(r.route)},'
+        f'"origin_status":{_opt_num(r.origin_status)},"origin_ms":{_opt_num(r.origin_ms)},'
+        f'"request_id":{_str(r.request_id)}}}'
     )
 
 
@@ -160,6 +203,74 @@ def enabled() -> bool:
     return access_log.isEnabledFor(logging.INFO)
 
 
+class LineWriter:
+    """Access lines to a file descriptor, batched per event-loop turn.
+
+    `logging` costs ~20 us a line (a record, locks, a formatter, a flush and
+    a write per line); this appends to a list and writes what one loop turn
+    produced with one os.write when the turn ends, so lines still appear at
+    once when the proxy is idle. Outside a running loop it writes at once.
+    """
+
+    MAX_PENDING = 512  # lines: bounds memory if a turn logs very many
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._pending: list[str] = []
+        self._scheduled = False
+
+    def write(self, line: str) -> None:
+        self._pending.append(line)
+        if len(self._pending) >= self.MAX_PENDING:
+            self.flush()
+        elif not self._scheduled:
+            try:
+                asyncio.get_running_loop().call_soon(self.flush)
+            except RuntimeError:
+                self.flush()
+                return
+            self._scheduled = True
+
+    def flush(self) -> None:
+        self._scheduled = False
+        if not self._pending:
+            return
+        data = ("\n".join(self._pending) + "\n").encode("utf-8", "surrogateescape")
+        self._pending.clear()
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[os.write(self.fd, view) :]
+            except BlockingIOError:
+                continue  # a non-blocking stdout: retry (bounded by the reader)
+            except OSError:
+                return  # stdout gone (closed pipe): lines are lost, serving is not
+
+
+_writer: LineWriter | None = None
+
+
+def write_to(fd: int | None) -> LineWriter | None:
+    """Send access lines to `fd` (batched) instead of the `edgeproxy.access`
+    logger's handlers; None goes back to the logger. The logger must still be
+    enabled for INFO: that is what turns the line on (`enabled`)."""
+    global _writer
+    if _writer is not None:
+        _writer.flush()
+    _writer = None if fd is None else LineWriter(fd)
+    if _writer is not None:
+        atexit.register(_writer.flush)  # the last turn's lines, at exit
+    return _writer
+
+
+def flush() -> None:
+    if _writer is not None:
+        _writer.flush()
+
+
 def emit(record: AccessRecord, fmt: Format) -> None:
     line = format_combined(record) if fmt == "combined" else format_json(record)
-    access_log.info("%s", line)
+    if _writer is not None:
+        _writer.write(line)
+    else:
+        access_log.info("%s", line)
