@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 
 from edgeproxy.config import Config
 from edgeproxy.errors import ConfigError
+from edgeproxy.metrics import Metrics
 
 log = logging.getLogger("edgeproxy.config")
 
@@ -42,11 +43,13 @@ class Reloader:
         load: Loader | None,
         apply: Callable[[Config], None],
         clock: Callable[[], float],
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
         self._load = load
         self._apply = apply
         self._clock = clock
+        self._metrics = metrics  # edgeproxy_reloads_total{result}
         self._lock = asyncio.Lock()
         self.status = ReloadStatus(loaded_at=clock())
 
@@ -69,6 +72,8 @@ class Reloader:
             new = self._keep_bound(new)
             self._apply(new)
             self.config = new
+            if self._metrics is not None:
+                self._metrics.reloaded(True)
             self.status = replace(
                 self.status,
                 version=self.status.version + 1,
@@ -88,6 +93,8 @@ class Reloader:
 
     def _fail(self, trigger: str, errors: list[str]) -> None:
         self.status = replace(self.status, last_error=errors, last_error_at=self._clock())
+        if self._metrics is not None:
+            self._metrics.reloaded(False)
         log.error(
             "config reload (%s) rejected; keeping version %d:\n  %s",
             trigger,

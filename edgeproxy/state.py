@@ -15,6 +15,7 @@ from aiohttp import web
 
 from edgeproxy.collapse import Flights
 from edgeproxy.config import Config, OriginConfig
+from edgeproxy.metrics import Metrics
 from edgeproxy.policy.settings import CachePolicy
 from edgeproxy.pool import Pool
 from edgeproxy.purge import Purge
@@ -47,6 +48,7 @@ class EdgeState:
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _pools: dict[str, tuple[OriginConfig, Pool]] = field(default_factory=dict)
     admin_token: str | None = None  # for `PURGE <url>` on the public listener
+    metrics: Metrics = field(default_factory=Metrics)  # GET /metrics (metrics.py)
 
     def pool(self, origin: OriginConfig) -> Pool:
         """The origin's pool, rebuilt when a reload changed its servers or settings.
@@ -80,7 +82,10 @@ class EdgeState:
         """
         if not purge.dry_run:
             self.flights.note_purge(purge.issued_at)
-        return await self.store.purge(purge)
+        count = await self.store.purge(purge)
+        if not purge.dry_run:
+            self.metrics.purged(purge.target, count)
+        return count
 
     def spawn(self, coro: Coroutine[Any, Any, None], what: str) -> None:
         """Run `coro` as the proxy's own task: no client waits for it or can cancel it."""

@@ -32,12 +32,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import sys
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from edgeproxy import accesslog, metrics
 
 log = logging.getLogger("edgeproxy.workers")
 
@@ -73,6 +76,9 @@ class Supervisor:
 
     def run(self) -> int:
         old = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+        # The workers' Prometheus files (metrics.py): fresh for this run, gone after it.
+        env_before = os.environ.get(metrics.MULTIPROC_ENV)
+        metrics_dir = metrics.fresh_multiprocess_dir()
         try:
             for w in self.workers:
                 self._spawn(w)
@@ -92,6 +98,11 @@ class Supervisor:
             self._stop()
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+            if env_before is None:
+                os.environ.pop(metrics.MULTIPROC_ENV, None)
+            else:
+                os.environ[metrics.MULTIPROC_ENV] = env_before
         return 1 if self._failed else 0
 
     def _wait_for(self) -> float:
@@ -105,10 +116,12 @@ class Supervisor:
             code = 1
             try:
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+                metrics.enable_multiprocess()  # before any metric exists in this process
                 code = self.target(w.index)
             except BaseException:  # the child must never return into the parent's code
                 traceback.print_exc()
             finally:
+                accesslog.flush()  # os._exit runs no atexit hooks
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(code)
@@ -135,6 +148,7 @@ class Supervisor:
                 continue
             code = os.waitstatus_to_exitcode(status)
             log.warning("worker %d pid %d exited (%s)", w.index, w.pid, _describe(code))
+            metrics.mark_process_dead(w.pid)  # its live gauges go; its counters stay
             w.pid = None
             gone.append(w)
             if code == EXIT_SETUP:
