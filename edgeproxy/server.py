@@ -10,7 +10,7 @@ import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web, web_protocol
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
@@ -21,9 +21,10 @@ from edgeproxy import origin, proxy
 from edgeproxy.admin import AdminSetupError, build_admin_app, check_bind, read_token
 from edgeproxy.cluster import Cluster
 from edgeproxy.config import Config, Limits
+from edgeproxy.metrics import Metrics
 from edgeproxy.reload import Loader, Reloader
 from edgeproxy.state import EDGE, EdgeState, Snapshot
-from edgeproxy.store.base import Store
+from edgeproxy.store.base import Store, StoreError
 from edgeproxy.store.disk import DiskStore
 from edgeproxy.store.tiered import TieredStore
 from edgeproxy.workers import EXIT_SETUP, RELOAD_OTHERS, SetupError, Supervisor
@@ -36,14 +37,27 @@ def snapshot(config: Config) -> Snapshot:
 
 
 async def open_store(config: Config) -> Store:
-    """diskcache, behind the per-worker hot tier unless `cache.memory_size` is 0."""
+    """diskcache, behind the per-worker hot tier unless `cache.memory_size` is 0.
+
+    Never fails on the disk: a damaged database is moved aside, and a cache
+    that can't be opened (unwritable, full) starts degraded, passing through
+    until it can (store/disk.py). Without a usable directory the hot tier
+    (its generation file lives there) is off in this worker.
+    """
     cache = config.cache
     disk = await DiskStore.open(cache.directory, size_limit=cache.size_limit)
     if cache.memory_size <= 0:
         return disk
-    return await TieredStore.open(
-        disk, max_bytes=cache.memory_size, max_object=cache.memory_max_object
-    )
+    if disk.health().state == "degraded":
+        log.error("hot tier off: the cache directory is not usable (restart once it is)")
+        return disk
+    try:
+        return await TieredStore.open(
+            disk, max_bytes=cache.memory_size, max_object=cache.memory_max_object
+        )
+    except StoreError as e:  # TieredStore.open closed the disk store
+        log.error("hot tier off: %s (restart once the directory is writable)", e)
+        return await DiskStore.open(cache.directory, size_limit=cache.size_limit)
 
 
 def build_app(
@@ -54,12 +68,16 @@ def build_app(
     """The public proxy application. `clock` (HTTP time) and `monotonic` (pool
     time: ejections, health checks) are injectable for tests."""
     app = web.Application(client_max_size=0, handler_args={"max_field_size": 65536})
+    metrics = Metrics.for_process()  # this app's own registry, or the workers' files
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         store = await open_store(config)
+        disk = store.disk if isinstance(store, TieredStore) else store
+        if isinstance(disk, DiskStore):
+            metrics.watch_evictions(disk)
         max_conns = config.origin.max_connections if config.origin else 100
         session = origin.make_session(max_conns)
-        edge = EdgeState(snapshot(config), store, session, clock, monotonic)
+        edge = EdgeState(snapshot(config), store, session, clock, monotonic, metrics=metrics)
         app[EDGE] = edge
         checks = asyncio.get_running_loop().create_task(
             origin.health_checks(edge), name="health checks"
@@ -131,6 +149,8 @@ class _StrictRequestParser(HttpRequestParserPy):
         return self._payload_parser is not None
 
 
+_REFUSED_LINGER = 2.0  # seconds a refused connection stays for the client to read its 503
+
 _REASONS = {400: "Bad Request", 414: "URI Too Long", 431: "Request Header Fields Too Large"}
 _REASONS[505] = "HTTP Version Not Supported"
 
@@ -153,6 +173,14 @@ class _AnyMethodProtocol(web_protocol.RequestHandler):
     may not go `body_timeout` without a byte (else the connection is
     closed and the handler's read fails), and an idle connection closes
     after `keepalive_timeout`.
+
+    Connections past `max_connections` open in this process (idle keep-alive
+    ones count) are refused, not queued: a 503 with Retry-After is written at
+    once, without reading anything, our side is shut down, and the socket
+    closes when the client closes it (or after `_REFUSED_LINGER` seconds).
+    Queueing would leave them in the kernel's backlog, invisible and
+    unbounded in time; a 503 tells the client (or the load balancer in
+    front) to go elsewhere or retry, and costs nearly nothing.
     """
 
     def __init__(
@@ -188,8 +216,45 @@ class _AnyMethodProtocol(web_protocol.RequestHandler):
             **({} if queue is None else {"max_msg_queue_size": queue}),
         )
         self._parser = self._strict
+        self._refused: asyncio.TimerHandle | None = None  # set: over the connection cap
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        cap = self._limits.max_connections
+        manager = self._manager
+        if cap and manager is not None and len(manager.connections) >= cap:
+            self._refuse_connection(cast(asyncio.Transport, transport), manager, cap)
+            return
+        super().connection_made(transport)
+
+    def _refuse_connection(self, transport: asyncio.Transport, manager: Any, cap: int) -> None:
+        """503 (RFC 9110 section 15.6.4) on a connection past the cap; never
+        registered with the server, so it holds no request handler."""
+        refused = getattr(manager, "refused", 0) + 1
+        manager.refused = refused
+        if refused % 1000 == 1:  # a flood must not flood the log
+            log.warning("%d open connections: refusing new ones (%d so far)", cap, refused)
+        body = b"Service Unavailable: too many open connections\n"
+        transport.write(
+            b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nRetry-After: 1\r\n"
+            b"Content-Type: text/plain; charset=utf-8\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        if transport.can_write_eof():
+            transport.write_eof()  # the client reads the 503, then our FIN
+        # Closing at once could reset the connection under a request the
+        # client is still sending, and lose the 503 with it: linger a little.
+        self._refused = self._loop.call_later(_REFUSED_LINGER, transport.close)
+        self._refused_transport = transport
+
+    def eof_received(self) -> None:
+        if self._refused is not None:
+            self._refused_transport.close()  # the client is done: so are we
+            return
+        super().eof_received()
 
     def data_received(self, data: bytes) -> None:
+        if self._refused is not None:
+            return  # whatever a refused client sends is dropped
         super().data_received(data)
         if self._force_close or self._close or self.transport is None:
             self._cancel_timers()
@@ -250,6 +315,9 @@ class _AnyMethodProtocol(web_protocol.RequestHandler):
         self._head_timer = self._body_timer = None
 
     def connection_lost(self, exc: BaseException | None) -> None:
+        if self._refused is not None:
+            self._refused.cancel()
+            return  # never registered: nothing of aiohttp's to tear down
         self._cancel_timers()
         super().connection_lost(exc)
 
@@ -401,7 +469,7 @@ async def serve(
             # Before the listeners open: a returning edge replays missed purges first.
             cluster = await Cluster.start(config, edge)
         reloader_type = Reloader if worker_of is None else _WorkerReloader
-        reloader = reloader_type(config, load, apply_config(edge), edge.clock)
+        reloader = reloader_type(config, load, apply_config(edge), edge.clock, edge.metrics)
         admin_app = build_admin_app(edge, reloader, token, cluster=cluster)
         admin_app.on_response_prepare.append(_worker_header)
         admin_runner = web.AppRunner(admin_app, access_log=None)

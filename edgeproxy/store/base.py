@@ -14,16 +14,17 @@ Contract (tests/contract runs it against every implementation):
   `request_time` is before the purge's `issued_at` is refused (hard purge:
   `Banned`) or stored already `soft_purged` (soft purge).
 
-Errors: write paths raise `StoreError` (never sqlite/diskcache errors);
-`lookup` and `open_body` answer a miss instead, so a broken store costs
-hits, never a 500.
+Errors: write paths raise `StoreError` (never sqlite/diskcache errors),
+`Degraded` when the disk can't take writes (see `StoreHealth`); `lookup`
+and `open_body` answer a miss instead, so a broken store costs hits, never
+a 500.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import IO, Protocol
+from typing import IO, Literal, Protocol, runtime_checkable
 
 from edgeproxy.policy.entry import Entry
 from edgeproxy.purge import Purge
@@ -31,6 +32,48 @@ from edgeproxy.purge import Purge
 
 class StoreError(Exception):
     """The store can't do what was asked (disk full, unwritable, ...)."""
+
+
+class Degraded(StoreError):
+    """A write refused or failed because the disk can't take writes (full,
+    read-only, I/O errors, not open). The store logged the state change once:
+    callers pass the response through without logging each one."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoreHealth:
+    """Whether a store takes writes, for /healthz and metrics.
+
+    Degraded: a write failed on a disk fault; responses pass through
+    unstored, and a write is tried again once `retry_in` seconds passed
+    (the back-off doubles on each failed try). `hits` is False while the
+    store answers every lookup with a miss: a purge or invalidation it could
+    not apply is kept (`pending`) and applied first when the disk recovers,
+    and nothing it should have removed is served meanwhile; or the cache
+    could not be opened at all.
+    """
+
+    state: Literal["ok", "degraded"] = "ok"
+    reason: str = ""  # the last disk fault, while degraded
+    write_failures: int = 0  # writes failed on a disk fault since start
+    retry_in: float | None = None  # seconds until writes are tried again
+    hits: bool = True
+    pending: int = 0  # purges/invalidations waiting for the disk
+
+    @property
+    def writable(self) -> bool:
+        """Whether a write would be tried now: ok, or the back-off is over."""
+        return self.state == "ok" or not self.retry_in
+
+
+@runtime_checkable
+class Reporting(Protocol):
+    def health(self) -> StoreHealth: ...
+
+
+def health_of(store: object) -> StoreHealth:
+    """`store.health()`, or ok for a store that doesn't report (a test double)."""
+    return store.health() if isinstance(store, Reporting) else StoreHealth()
 
 
 class Banned(StoreError):

@@ -66,12 +66,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import fcntl
 import functools
 import json
 import logging
 import os
 import sqlite3
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -92,7 +95,7 @@ from edgeproxy.purge import (
     host_prefixes,
     matches,
 )
-from edgeproxy.store.base import Banned, Body, StoreError
+from edgeproxy.store.base import Banned, Body, Degraded, StoreError, StoreHealth
 
 log = logging.getLogger("edgeproxy.store")
 
@@ -110,6 +113,17 @@ TMP_MAX_AGE = 3600.0  # leftover temp bodies (a crashed worker's) older than thi
 
 # Errors of the layers below, turned into StoreError (writes) or a miss (reads).
 LOW_ERRORS = (OSError, sqlite3.Error, diskcache.Timeout, UnicodeError)
+
+# Disk faults: the disk (not this one write) can't take writes. They make the
+# store degraded (StoreHealth) instead of failing each write on its own.
+FAULT_ERRNOS = frozenset(
+    {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+    | {errno.EIO, errno.ENOTDIR}
+)
+FAULT_SQLITE: tuple[str, ...] = ("SQLITE_FULL", "SQLITE_READONLY", "SQLITE_IOERR")
+FAULT_SQLITE += ("SQLITE_CANTOPEN", "SQLITE_CORRUPT", "SQLITE_NOTADB", "SQLITE_PERM")
+BACKOFF_MIN = 1.0  # seconds before the first write after a fault
+BACKOFF_MAX = 60.0  # the back-off doubles on each failed retry, up to this
 
 SCHEMA_SQL = (
     "CREATE TABLE IF NOT EXISTS edge_meta (name TEXT PRIMARY KEY, value)",
@@ -248,16 +262,107 @@ def _decode(variant: str, soft: int, meta: Any) -> Entry:
     return entry if entry.soft_purged == bool(soft) else entry.with_changes(soft_purged=bool(soft))
 
 
+class NotOpen(OSError):
+    """The cache could not be opened (yet): every use of it fails like a disk fault."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(errno.EIO, reason)
+
+
+class _Faults:
+    """Write-fault state (StoreHealth), read on the loop, changed on pool threads.
+
+    A disk fault makes the store degraded: logged once, then writes wait out a
+    back-off (on the injected clock: no timer, no sleep) and the next write
+    after it is the retry. A retry that succeeds ends it (logged once); one
+    that fails doubles the back-off. Purges and invalidations are always
+    tried; one that fails is kept in `pending` and applied before the next
+    write, and lookups miss until then.
+    """
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self.reason = ""  # "" while ok
+        self.failures = 0
+        self.epoch = 0  # +1 per degraded spell: a write begun before it can't end it
+        self._backoff = 0.0
+        self._retry_at = 0.0
+        self.pending: list[Purge | str] = []  # str: a key for delete()
+
+    def writable(self) -> bool:
+        """Ok, or degraded with the back-off over (the next write is the retry)."""
+        return not self.reason or self._clock() >= self._retry_at
+
+    def health(self, hits: bool) -> StoreHealth:
+        if not self.reason:
+            return StoreHealth(write_failures=self.failures, hits=hits, pending=len(self.pending))
+        return StoreHealth(
+            state="degraded",
+            reason=self.reason,
+            write_failures=self.failures,
+            retry_in=max(0.0, self._retry_at - self._clock()),
+            hits=hits and not self.pending,
+            pending=len(self.pending),
+        )
+
+    def failed(self, what: str, e: BaseException, keep: Purge | str | None = None) -> Degraded:
+        with self._lock:
+            self.failures += 1
+            if keep is not None and keep not in self.pending:
+                self.pending.append(keep)
+            now = self._clock()
+            if not self.reason:
+                self.epoch += 1
+                self._backoff = BACKOFF_MIN
+                self._retry_at = now + self._backoff
+                log.error(
+                    "cache store degraded: %s: %s; passing responses through unstored, "
+                    "retrying writes after %gs",
+                    what,
+                    e,
+                    self._backoff,
+                )
+            elif now >= self._retry_at:  # a retry failed (not a write begun before)
+                self._backoff = min(self._backoff * 2, BACKOFF_MAX)
+                self._retry_at = now + self._backoff
+                log.debug("cache store still degraded: %s: %s", what, e)
+            self.reason = f"{what}: {e}"
+            if self.pending:
+                self.reason += f" ({len(self.pending)} purges waiting: serving no hits)"
+        return Degraded(f"{what}: {e}")
+
+    def succeeded(self, epoch: int) -> None:
+        if not self.reason:
+            return  # the common path: no lock
+        with self._lock:
+            if self.reason and epoch == self.epoch and not self.pending:
+                log.warning(
+                    "cache store recovered (%d failed writes so far): caching again",
+                    self.failures,
+                )
+                self.reason = ""
+                self._backoff = 0.0
+
+
 class DiskStore:
     def __init__(
         self,
-        cache: diskcache.Cache,
+        cache: diskcache.Cache | None,
         directory: str,
         executor: ThreadPoolExecutor,
         spill_threshold: int,
         ban_ttl: float = BAN_TTL,
+        *,
+        size_limit: int = 1 << 30,
+        eviction_policy: str = "least-recently-stored",
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._cache = cache
+        self._opened = cache  # None: not open yet (started degraded)
+        self._open_args = (directory, size_limit, eviction_policy)
+        self._open_lock = threading.Lock()
+        self._replay_lock = threading.Lock()
+        self._faults = _Faults(clock)
         self._directory = directory
         self._tmp = os.path.join(directory, "tmp")
         self._executor = executor
@@ -273,6 +378,21 @@ class DiskStore:
     def directory(self) -> str:
         return self._directory
 
+    @property
+    def _cache(self) -> diskcache.Cache:
+        cache = self._opened
+        if cache is None:
+            raise NotOpen(f"cache {self._directory} is not open")
+        return cache
+
+    def health(self) -> StoreHealth:
+        """Cheap (no I/O): for /healthz, metrics and the proxy's store decision."""
+        return self._faults.health(hits=self._opened is not None)
+
+    def writable(self) -> bool:
+        """Whether a write would be tried now (ok, or the back-off is over)."""
+        return self._faults.writable()
+
     @classmethod
     async def open(
         cls,
@@ -282,35 +402,83 @@ class DiskStore:
         eviction_policy: str = "least-recently-stored",
         threads: int = 4,
         ban_ttl: float = BAN_TTL,
+        clock: Callable[[], float] = time.monotonic,
     ) -> DiskStore:
+        """Open the cache. A damaged database is moved aside (`_open_cache`); a
+        directory that can't be opened (unwritable, full, I/O errors) gives a
+        store that starts degraded, passes everything through, and opens the
+        cache at the first write after the back-off (`clock`) once it can."""
         executor = ThreadPoolExecutor(threads, thread_name_prefix="edgeproxy-store")
-
-        def _open() -> diskcache.Cache:
-            tmp = os.path.join(directory, "tmp")
-            os.makedirs(tmp, exist_ok=True)
-            _sweep_tmp(tmp)
-            cache = diskcache.Cache(
-                directory,
-                size_limit=size_limit,
-                eviction_policy=eviction_policy,
-                disk_min_file_size=32 * 1024,
-            )
-            try:
-                _init_schema(cache)
-            except BaseException:
-                cache.close()
-                raise
-            return cache
-
         loop = asyncio.get_running_loop()
+        opened: diskcache.Cache | None = None
+        failure: BaseException | None = None
         try:
-            cache = await loop.run_in_executor(executor, _open)
+            opened = await loop.run_in_executor(
+                executor, _open_cache, directory, size_limit, eviction_policy
+            )
+        except (OSError, sqlite3.OperationalError, sqlite3.DatabaseError) as e:
+            failure = e  # serving without a cache beats a crash loop
         except BaseException as e:
             await loop.run_in_executor(None, functools.partial(executor.shutdown, wait=True))
             if isinstance(e, LOW_ERRORS):
                 raise StoreError(f"opening cache {directory}: {e}") from e
             raise
-        return cls(cache, directory, executor, spill_threshold, ban_ttl)
+        store = cls(
+            opened,
+            directory,
+            executor,
+            spill_threshold,
+            ban_ttl,
+            size_limit=size_limit,
+            eviction_policy=eviction_policy,
+            clock=clock,
+        )
+        if failure is not None:
+            store._faults.failed(f"opening cache {directory}", failure)
+        return store
+
+    def _ensure_open(self) -> None:
+        """On a pool thread, before a write: open the cache if it isn't yet."""
+        if self._opened is None:
+            with self._open_lock:
+                if self._opened is None:
+                    self._opened = _open_cache(*self._open_args)
+                    log.info("cache %s opened", self._directory)
+
+    def _attempt(self, fn: Callable[..., T], *args: Any) -> T:
+        """On a pool thread: open if need be, apply the kept purges, then `fn`."""
+        self._ensure_open()
+        if self._faults.pending:
+            with self._replay_lock:
+                while self._faults.pending:
+                    op = self._faults.pending[0]
+                    if isinstance(op, str):
+                        self._delete(op)
+                    else:
+                        self._purge(op)
+                    log.info("applied a kept %s", f"delete of {op}" if isinstance(op, str) else op)
+                    self._faults.pending.pop(0)
+        result: T = fn(*args)
+        return result
+
+    async def _change(
+        self, what: str, fn: Callable[..., T], *args: Any, keep: Purge | str | None = None
+    ) -> T:
+        """A write, under the fault state: while degraded and backing off, it is
+        refused at once (`Degraded`) unless `keep` is set (a purge or
+        invalidation: always tried, and kept for later if it fails)."""
+        faults = self._faults
+        if keep is None and not faults.writable():
+            raise Degraded(f"{what}: {faults.reason}")
+        epoch = faults.epoch
+        try:
+            result: T = await self._run(self._attempt, fn, *args)
+        except LOW_ERRORS as e:
+            if is_fault(e):
+                raise faults.failed(what, e, keep) from e
+            raise StoreError(f"{what}: {e}") from e
+        faults.succeeded(epoch)
+        return result
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -390,6 +558,8 @@ class DiskStore:
     # -- Store protocol: reads -----------------------------------------------
 
     async def lookup(self, key: str) -> list[Entry]:
+        if self._opened is None or self._faults.pending:
+            return []  # see _Faults: a purge we could not apply yet, or no cache
         try:
             return await self._run(self._lookup, key)
         except LOW_ERRORS as e:
@@ -477,6 +647,8 @@ class DiskStore:
         return self._entries(self._sql(query, (*args, limit)).fetchall())
 
     async def stats(self) -> dict[str, int]:
+        if self._opened is None:
+            return {"entries": 0, "bytes": 0}  # started degraded: nothing stored
         return await self._write("reading stats", self._stats)
 
     def _stats(self) -> dict[str, int]:
@@ -487,7 +659,7 @@ class DiskStore:
     # -- Store protocol: writes ----------------------------------------------
 
     async def update(self, entry: Entry) -> bool:
-        return await self._write(f"updating {entry.key}", self._update, entry)
+        return await self._change(f"updating {entry.key}", self._update, entry)
 
     def _update(self, entry: Entry) -> bool:
         with self._txn() as sql:
@@ -516,7 +688,8 @@ class DiskStore:
         return True
 
     async def delete(self, key: str) -> int:
-        return await self._write(f"deleting {key}", self._delete, key)
+        # An invalidation (RFC 9111 section 4.4): kept and applied later if the disk fails.
+        return await self._change(f"deleting {key}", self._delete, key, keep=key)
 
     def _delete(self, key: str) -> int:
         # The URL's `key#extras` keys are responses for the same URI too.
@@ -529,7 +702,7 @@ class DiskStore:
         return len(rows)
 
     async def delete_variant(self, entry: Entry) -> None:
-        await self._write(f"deleting {entry.key}", self._delete_variant, entry)
+        await self._change(f"deleting {entry.key}", self._delete_variant, entry)
 
     def _delete_variant(self, entry: Entry) -> None:
         with self._txn() as sql:
@@ -610,7 +783,9 @@ class DiskStore:
     # -- purge ---------------------------------------------------------------
 
     async def purge(self, purge: Purge) -> int:
-        return await self._write(f"purging {purge.target}", self._purge, purge)
+        if purge.dry_run:
+            return await self._write(f"counting {purge.target}", self._purge, purge)
+        return await self._change(f"purging {purge.target}", self._purge, purge, keep=purge)
 
     def _purge(self, purge: Purge) -> int:
         if purge.dry_run:
@@ -738,7 +913,8 @@ class DiskStore:
         if self._closed:
             return
         self._closed = True
-        await self._run(self._cache.close)
+        if self._opened is not None:
+            await self._run(self._opened.close)
         # Joining the pool's threads blocks: do it off the loop too.
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, functools.partial(self._executor.shutdown, wait=True))
@@ -757,6 +933,103 @@ def _init_schema(cache: diskcache.Cache) -> None:
             sql("INSERT INTO edge_meta (name, value) VALUES ('schema', ?)", (SCHEMA,))
         elif row[0] != SCHEMA:
             raise StoreError(f"cache schema {row[0]!r}, this version reads {SCHEMA}")
+
+
+def is_fault(e: BaseException) -> bool:
+    """A disk fault: full, read-only, unwritable, I/O errors, a damaged database."""
+    if isinstance(e, sqlite3.Error):
+        name = getattr(e, "sqlite_errorname", "") or ""
+        if name.startswith(FAULT_SQLITE):
+            return True
+        text = str(e)  # builds without sqlite_errorname: the messages SQLite uses
+        return any(m in text for m in ("disk is full", "readonly", "disk I/O", "malformed"))
+    return isinstance(e, OSError) and e.errno in FAULT_ERRNOS
+
+
+def _damaged(e: BaseException) -> bool:
+    """The database file itself is bad (garbage, truncated): only moving it aside helps."""
+    if not isinstance(e, sqlite3.DatabaseError):
+        return False
+    name = getattr(e, "sqlite_errorname", "") or ""
+    return name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or "malformed" in str(e)
+
+
+def _open_cache(directory: str, size_limit: int, eviction_policy: str) -> diskcache.Cache:
+    """Open (creating) the cache, repairing what can only be repaired by starting
+    empty: a file where the directory should be, a garbage or truncated
+    database. The damaged files are moved aside (never deleted: an operator
+    may want them), logged at ERROR. Workers open one at a time (flock on the
+    directory), so one repairs and the others open what it made."""
+    if os.path.lexists(directory) and not os.path.isdir(directory):
+        aside = f"{directory}.damaged-{_stamp()}"
+        os.rename(directory, aside)
+        log.error("cache directory %s was not a directory: moved it to %s", directory, aside)
+    tmp = os.path.join(directory, "tmp")
+    os.makedirs(tmp, exist_ok=True)
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # released by the close
+        _sweep_tmp(tmp)
+        try:
+            return _open_diskcache(directory, size_limit, eviction_policy)
+        except sqlite3.DatabaseError as e:
+            if not _damaged(e):
+                raise
+            moved = _move_aside(directory)
+            log.error(
+                "cache database in %s is damaged (%s): moved %s aside; starting empty",
+                directory,
+                e,
+                ", ".join(moved),
+            )
+            return _open_diskcache(directory, size_limit, eviction_policy)
+    finally:
+        os.close(fd)
+
+
+def _open_diskcache(directory: str, size_limit: int, eviction_policy: str) -> diskcache.Cache:
+    cache = diskcache.Cache(
+        directory,
+        size_limit=size_limit,
+        eviction_policy=eviction_policy,
+        disk_min_file_size=32 * 1024,
+    )
+    try:
+        _init_schema(cache)
+    except BaseException:
+        cache.close()
+        raise
+    return cache
+
+
+def _stamp() -> str:
+    return time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}"
+
+
+def _move_aside(directory: str) -> list[str]:
+    """Rename the database files to `<name>.damaged-<timestamp>`, and the body
+    files it indexed (diskcache's two-level hex directories) into
+    `bodies.damaged-<timestamp>/`: a new database would never evict them."""
+    stamp = _stamp()
+    moved: list[str] = []
+    for name in ("cache.db", "cache.db-wal", "cache.db-shm"):
+        path = os.path.join(directory, name)
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(path, f"{path}.damaged-{stamp}")
+            moved.append(f"{name}.damaged-{stamp}")
+    bodies = os.path.join(directory, f"bodies.damaged-{stamp}")
+    with os.scandir(directory) as it:
+        dirs = [d for d in it if d.is_dir() and len(d.name) == 2 and _hex(d.name)]
+    for d in dirs:
+        os.makedirs(bodies, exist_ok=True)
+        os.rename(d.path, os.path.join(bodies, d.name))
+    if dirs:
+        moved.append(f"bodies.damaged-{stamp}/")
+    return moved
+
+
+def _hex(name: str) -> bool:
+    return all(c in "0123456789abcdef" for c in name)
 
 
 def _sweep_tmp(tmp: str) -> None:
@@ -798,6 +1071,8 @@ class DiskWriter:
             await self._store._run(self._tmp.write, chunk)
         except OSError as e:
             await self.abort()
+            if is_fault(e):
+                raise self._store._faults.failed(f"writing a body of {self._key}", e) from e
             raise StoreError(f"writing body: {e}") from e
 
     def _spill(self) -> IO[bytes]:
@@ -809,6 +1084,9 @@ class DiskWriter:
     async def commit(self, entry: Entry) -> Entry:
         if self._done:
             raise StoreError("writer already closed")
+        if not self._store.writable():  # degraded: the commit would be refused
+            await self.abort()
+            raise Degraded(f"committing {self._key}: {self._store.health().reason}")
         # The pool job owns the temp file from here (and closes it), so a
         # cancelled commit can't race an abort closing it mid-copy.
         self._done = True
@@ -816,7 +1094,7 @@ class DiskWriter:
         data = None if tmp is not None else bytes(self._buf)
         self._buf = bytearray()
         stored = entry.with_changes(key=self._key, variant=uuid.uuid4().hex, body_size=self._size)
-        return await self._store._write(
+        return await self._store._change(
             f"committing {self._key}", self._store._commit, stored, data, tmp
         )
 

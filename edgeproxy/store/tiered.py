@@ -38,7 +38,7 @@ from typing import IO, Any, TypeVar
 
 from edgeproxy.policy.entry import Entry
 from edgeproxy.purge import Purge, PurgeURL
-from edgeproxy.store.base import Body, CopyingWriter, StoreError
+from edgeproxy.store.base import Body, CopyingWriter, StoreError, StoreHealth
 from edgeproxy.store.disk import DiskStore, DiskWriter
 from edgeproxy.store.generation import ALL, Generation, key_hash
 from edgeproxy.store.memory import MemoryTier
@@ -92,6 +92,11 @@ class TieredStore:
     @property
     def max_object(self) -> int:
         return self._mem.max_object
+
+    def health(self) -> StoreHealth:
+        """The disk's: memory takes only what the disk committed, so it is
+        degraded exactly when the disk is (StoreHealth)."""
+        return self._disk.health()
 
     # -- generation records ---------------------------------------------------
 
