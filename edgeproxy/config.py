@@ -19,6 +19,7 @@ import yaml
 from edgeproxy.cachekey import KeyRules
 from edgeproxy.errors import ConfigError
 from edgeproxy.policy.settings import CachePolicy
+from edgeproxy.policy.transform import Compression
 from edgeproxy.pool import PoolSettings, Strategy
 
 T = TypeVar("T")
@@ -135,6 +136,8 @@ class CacheConfig:
     # worker: total bytes (0 turns it off) and the largest body it keeps.
     memory_size: int = 64 << 20
     memory_max_object: int = 256 << 10
+    # Edge compression (policy/transform.py, compress.py): the `compress` block.
+    compress: Compression = field(default_factory=Compression)
 
     @property
     def targeted(self) -> tuple[str, ...]:
@@ -184,6 +187,9 @@ class Limits:
     header_timeout: float = 30.0  # seconds from a head's first byte to its end; then 408
     body_timeout: float = 60.0  # seconds a request body may go without a byte; then closed
     keepalive_timeout: float = 75.0  # seconds an idle connection stays open
+    # Open client connections per worker process; past it a new connection
+    # gets a 503 and is closed (server.py). 0: no cap (the fd limit is then it).
+    max_connections: int = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -760,9 +766,11 @@ def _cache(r: _Reader, node: yaml.Node, path: str) -> CacheConfig:
         "memory_size": (parse_size, "a size such as 64MiB"),
         "memory_max_object": (parse_size, "a size such as 256KiB"),
     }
-    values, m = r.table(node, path, fields, frozenset({"tag_headers"}))
+    values, m = r.table(node, path, fields, frozenset({"tag_headers", "compress"}))
     if "dir" in values:
         values["directory"] = values.pop("dir")
+    if "compress" in m:
+        values["compress"] = _compress(r, m["compress"], f"{path}.compress")
     if "tag_headers" in m:
         names = r.strings(
             m["tag_headers"], f"{path}.tag_headers", _field_name, "a header field name"
@@ -772,6 +780,52 @@ def _cache(r: _Reader, node: yaml.Node, path: str) -> CacheConfig:
     if cache.memory_max_object > cache.memory_size and "memory_max_object" in m:
         r.error(m["memory_max_object"], f"{path}.memory_max_object", "larger than memory_size")
     return cache
+
+
+def _media_range(v: Any) -> str | None:
+    """A media range: "type/subtype", "type/*" or "type/*+suffix", lower-cased."""
+    if not isinstance(v, str):
+        return None
+    top, slash, sub = v.strip().lower().partition("/")
+    if not slash or not _FIELD.match(top) or top == "*":
+        return None
+    ok = sub == "*" or (sub.startswith("*+") and _FIELD.match(sub[2:])) or _FIELD.match(sub)
+    return f"{top}/{sub}" if ok and "*" not in sub.lstrip("*") else None
+
+
+def _level(low: int, high: int) -> Callable[[Any], int | None]:
+    def parse(v: Any) -> int | None:
+        ok = isinstance(v, int) and not isinstance(v, bool) and low <= v <= high
+        return v if ok else None
+
+    return parse
+
+
+def _compress(r: _Reader, node: yaml.Node, path: str) -> Compression:
+    """The `cache.compress` block: enabled, types, min_size, levels {gzip, br}."""
+    fields: dict[str, tuple[Callable[[Any], Any], str]] = {
+        "enabled": (_bool, "true or false"),
+        "min_size": (parse_size, "a size such as 1KiB"),
+    }
+    values, m = r.table(node, path, fields, frozenset({"types", "levels"}))
+    if "types" in m:
+        values["types"] = r.strings(
+            m["types"], f"{path}.types", _media_range, 'a media type such as "text/*"'
+        )
+    if "levels" in m:
+        levels, _ = r.table(
+            m["levels"],
+            f"{path}.levels",
+            {
+                "gzip": (_level(1, 9), "an integer from 1 to 9"),
+                "br": (_level(0, 11), "an integer from 0 to 11"),
+            },
+        )
+        if "gzip" in levels:
+            values["gzip_level"] = levels["gzip"]
+        if "br" in levels:
+            values["br_level"] = levels["br"]
+    return Compression(**values)
 
 
 def _redis_url(v: Any) -> str | None:
@@ -831,6 +885,7 @@ def _limits(r: _Reader, node: yaml.Node, path: str) -> Limits:
         "header_timeout": (_positive_seconds, "seconds > 0"),
         "body_timeout": (_positive_seconds, "seconds > 0"),
         "keepalive_timeout": (_positive_seconds, "seconds > 0"),
+        "max_connections": (_count, "an integer >= 0 (0: no cap)"),
     }
     values, m = r.table(node, path, fields)
     for key in ("max_request_line", "max_header_size"):

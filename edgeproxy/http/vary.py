@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from edgeproxy.http.accept_encoding import request_coding
 from edgeproxy.http.fields import Headers, list_values, split_list
 
 # `Vary: *` is kept as this marker: such a response never matches (4.1).
@@ -37,10 +38,21 @@ def normalise(headers: Headers, name: str) -> str | None:
 
 
 def secondary_key(request: Headers, names: tuple[str, ...]) -> tuple[str | None, ...] | None:
-    """The request's values for the stored Vary names; None for `Vary: *`."""
+    """The request's values for the stored Vary names; None for `Vary: *`.
+
+    Accept-Encoding is keyed by the coding this edge would pick for it
+    ("br", "gzip" or "identity", http/accept_encoding.py), never by its
+    spelling, so `gzip, deflate, br` and `br;q=1, gzip` share a variant. 4.1
+    allows normalising a field by its semantics; this one is coarser, and
+    sound because the edge sends only that token upstream (proxy.py): two
+    requests with one token are the same request to the origin. An absent
+    field is "identity" too.
+    """
     if names == STAR:
         return None
-    return tuple(normalise(request, n) for n in names)
+    return tuple(
+        request_coding(request) if n == "accept-encoding" else normalise(request, n) for n in names
+    )
 
 
 def matches(request: Headers, names: tuple[str, ...], stored_key: tuple[str | None, ...]) -> bool:

@@ -35,16 +35,34 @@ class Entry:
     variant: str = ""  # store-assigned id of this variant
     # Targeted Cache-Control names in force when stored (RFC 9213).
     targeted: tuple[str, ...] = field(default=(), compare=False)
+    # What this edge did to the origin's content (policy/transform.py): the
+    # coding it applied ("gzip", "br"), "identity" when it only added
+    # Vary: Accept-Encoding, "" when nothing. A 304 merge re-applies it.
+    coding: str = ""
+    # Parsed once per Entry, on first use: a hit's decision reads them several
+    # times (freshness, age, ttl, conditionals), and a hot-tier entry serves
+    # many hits. Safe to keep: the entry is frozen, and `with_changes`
+    # (dataclasses.replace) starts a new entry with these unset.
+    _cc: CacheControl | None = field(default=None, init=False, repr=False, compare=False)
+    _date: float | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def cache_control(self) -> CacheControl:
-        return response_cache_control(self.fields, self.targeted)
+        cc = self._cc
+        if cc is None:
+            cc = response_cache_control(self.fields, self.targeted)
+            object.__setattr__(self, "_cc", cc)
+        return cc
 
     @property
     def date(self) -> float:
         """The Date value, or when we received it (RFC 9110 section 6.6.1)."""
-        d = parse_http_date(self.fields.get("date"))
-        return self.response_time if d is None else d
+        d = self._date
+        if d is None:
+            parsed = parse_http_date(self.fields.get("date"))
+            d = self.response_time if parsed is None else parsed
+            object.__setattr__(self, "_date", d)
+        return d
 
     def with_changes(self, **changes: Any) -> Entry:
         return replace(self, **changes)
@@ -68,6 +86,7 @@ class Entry:
             "soft_purged": self.soft_purged,
             "variant": self.variant,
             "targeted": list(self.targeted),
+            "coding": self.coding,
         }
 
 
@@ -112,6 +131,7 @@ def entry_from_dict(d: Any) -> Entry:
             soft_purged=_bool(d["soft_purged"]),
             variant=_str(d["variant"]),
             targeted=tuple(_str(t) for t in _list(d.get("targeted", []))),
+            coding=_str(d.get("coding", "")),  # absent in entries stored before it
         )
     except KeyError as e:
         raise CorruptEntry(f"missing {e}") from e

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from edgeproxy.http.accept_encoding import IDENTITY
 from edgeproxy.http.dates import format_http_date
 from edgeproxy.http.etags import parse_etag
 from edgeproxy.http.fields import HOP_BY_HOP, Headers, connection_named
 from edgeproxy.policy.entry import Entry
+from edgeproxy.policy.transform import TransformPlan, origin_etag, transformed_fields
 
 # Client preconditions are evaluated by us after validation; the request we
 # send upstream carries only the cache's own validators (4.3.1). Range is
@@ -25,6 +27,11 @@ CLIENT_CONDITIONALS = (
 _NOT_UPDATED = frozenset({"content-length", "content-range"}) | HOP_BY_HOP
 
 
+def _edge_coded(entry: Entry) -> bool:
+    """Did this edge apply a content coding to the stored response?"""
+    return entry.coding not in ("", IDENTITY)
+
+
 def has_validator(entry: Entry) -> bool:
     return "etag" in entry.fields or "last-modified" in entry.fields
 
@@ -33,6 +40,10 @@ def conditional_request_headers(entry: Entry) -> list[tuple[str, str]]:
     """If-None-Match from the ETag, If-Modified-Since from Last-Modified (4.3.1)."""
     out: list[tuple[str, str]] = []
     etag = entry.fields.get("etag")
+    if etag is not None and _edge_coded(entry):
+        # Our transformed tag means nothing upstream: ask with the origin's.
+        original = origin_etag(etag, entry.coding)
+        etag = None if original is None else str(original)
     if etag is not None:
         out.append(("If-None-Match", etag))
     last_modified = entry.fields.get("last-modified")
@@ -45,6 +56,11 @@ def validates(entry: Entry, response: Headers, candidates_count: int = 1) -> boo
     """Does this 304 identify `entry` for update? (4.3.4, first match.)"""
     new = parse_etag(response.get("etag"))
     old = parse_etag(entry.fields.get("etag"))
+    if new is not None and _edge_coded(entry):
+        # The stored tag is our transform of the origin's (policy/transform.py),
+        # whose strength was not kept: the opaque-tags decide.
+        original = origin_etag(entry.fields.get("etag"), entry.coding)
+        return original is not None and original.opaque == new.opaque
     if new is not None:
         if not new.weak:
             return old is not None and not old.weak and old.opaque == new.opaque
@@ -63,7 +79,10 @@ def merge_304(entry: Entry, response: Headers, request_time: float, response_tim
     Every field the 304 carries replaces the stored ones of that name, except
     Content-Length, Content-Range and hop-by-hop fields. Age is dropped unless
     the 304 sends one: the new timing starts from this exchange. A 304 without
-    Date gets one from its receipt time (RFC 9110 section 6.6.1).
+    Date gets one from its receipt time (RFC 9110 section 6.6.1). A response
+    this edge compressed keeps its Content-Encoding, transformed ETag and
+    Vary: Accept-Encoding (policy/transform.py): the 304 describes the
+    origin's representation, and ours is derived from it.
     """
     skip = _NOT_UPDATED | connection_named(response)
     updates: CIMultiDict[str] = CIMultiDict()
@@ -79,6 +98,14 @@ def merge_304(entry: Entry, response: Headers, request_time: float, response_tim
     merged.extend(updates)
     if "date" not in merged:
         merged["Date"] = format_http_date(response_time)
+    if entry.coding:
+        # The 304 speaks of the origin's representation: what we made of it
+        # stays ours (Content-Encoding, the transformed ETag, Vary).
+        coding = None if entry.coding == IDENTITY else entry.coding
+        # A stored tag the 304 didn't replace is transformed already.
+        kept = merged.popall("etag", []) if "etag" not in updates else []
+        merged = transformed_fields(merged, TransformPlan(coding, vary=True))
+        merged.extend(("ETag", tag) for tag in kept)
     return entry.with_changes(
         fields=CIMultiDictProxy(merged),
         request_time=request_time,

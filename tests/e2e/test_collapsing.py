@@ -403,7 +403,6 @@ async def test_waiter_with_other_vary_values_fetches_its_own(
     [
         ({"Cache-Control": "no-cache"}, "fwd=request: the client asked for its own answer"),
         ({"If-None-Match": ETAG}, "a conditional miss goes upstream with the client's fields"),
-        ({"Range": "bytes=0-1"}, "a range miss goes upstream with the client's fields"),
     ],
 )
 async def test_requests_that_must_go_on_their_own_do_not_collapse(
