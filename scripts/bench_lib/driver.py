@@ -451,7 +451,8 @@ async def profile(stack: Stack, sc: Scenario, opts: argparse.Namespace) -> int:
     # py-spy on the client core, the proxy alone on the server core.
     argv = [pyspy, "record", "-r", str(opts.rate), "-f", "raw", "--nolineno", "--threads"]
     argv += ["-o", str(out), "--", "taskset", "-c", SERVER_CORE]
-    argv += stack.edgeproxy_argv(port, "cache-profile")
+    # One process: py-spy follows the process it spawned, not a supervisor's workers.
+    argv += stack.edgeproxy_argv(port, "cache-profile", ["--workers", "1"])
     proc = stack.procs.start(
         "edgeproxy-pyspy", argv, CLIENT_CORE, port, env=stack._env(), cwd=stack.src
     )

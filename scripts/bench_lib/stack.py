@@ -197,7 +197,9 @@ class Stack:
         cores = SERVER_CORE
         env = self._env()
         if name == "edgeproxy":
-            argv = self.edgeproxy_argv(port, "cache-edge")
+            # One process on its one core, like every reference (the default is
+            # a worker per CPU, which would put two workers on core 0).
+            argv = self.edgeproxy_argv(port, "cache-edge", ["--workers", "1"])
         elif name.startswith("edgeproxy-") and name.endswith("w"):
             workers = int(name.removeprefix("edgeproxy-").removesuffix("w"))
             argv = self.edgeproxy_argv(port, "cache-workers", ["--workers", str(workers)])
