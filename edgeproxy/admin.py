@@ -22,6 +22,7 @@ it refuses any other address.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import ipaddress
 import json
@@ -34,6 +35,7 @@ from typing import Any
 from aiohttp import web
 from redis.exceptions import RedisError
 
+from edgeproxy import dashboard
 from edgeproxy.cachekey import apply_key_rules, primary_key
 from edgeproxy.cluster import Cluster
 from edgeproxy.config import Address, AdminConfig, Config
@@ -52,7 +54,7 @@ from edgeproxy.ratelimit import FailureLimiter
 from edgeproxy.reload import Reloader
 from edgeproxy.routing import select_route
 from edgeproxy.state import EdgeState, Snapshot
-from edgeproxy.store.base import StoreError
+from edgeproxy.store.base import StoreError, health_of
 
 log = logging.getLogger("edgeproxy.admin")
 
@@ -67,7 +69,7 @@ DEFAULT_LIMIT = 100
 MAX_LIMIT = 5000  # /entries page size cap (the store caps a listing at 10000)
 
 LIMITER = web.AppKey("limiter", FailureLimiter)
-OPEN_PATHS = frozenset({"/healthz"})
+OPEN_PATHS = frozenset({"/healthz"}) | dashboard.PAGE_PATHS  # the page carries no data
 
 
 class AdminSetupError(Exception):
@@ -188,8 +190,11 @@ async def healthz(request: web.Request) -> web.Response:
     """200 when the proxy can serve; 503 and the reason when it can't.
 
     The store must answer a cheap call in time (a hung or broken SQLite
-    index fails every lookup). An unwritable cache directory only warns:
-    the proxy still serves, passing responses through unstored.
+    index fails every lookup). A store that can't write (disk full,
+    unwritable: StoreHealth) is 200 with "status" and "store" "degraded"
+    and the reason: the proxy still answers every request, passing responses
+    through unstored, so a load balancer must not pull it; it caches again
+    by itself when the disk recovers.
     """
     edge = request.app[PROXY_EDGE]
     timeout = request.app[HEALTH_TIMEOUT]
@@ -208,9 +213,17 @@ async def healthz(request: web.Request) -> web.Response:
     cache_dir = config.cache.directory
     if not await loop.run_in_executor(None, os.access, cache_dir, os.W_OK):
         warnings.append(f"cache directory {cache_dir} is not writable: passing through")
-    cluster = request.app.get(CLUSTER)
     extra: dict[str, Any] = {}
     status = "ok"
+    health = health_of(edge.store)  # no I/O: the state the store's own writes found
+    if health.state == "degraded":
+        status = extra["store"] = "degraded"
+        extra["store_health"] = dataclasses.asdict(health)
+        warnings.append(
+            f"cache store degraded ({health.reason}): passing responses through unstored"
+            + ("" if health.hits else ", serving no hits")
+        )
+    cluster = request.app.get(CLUSTER)
     if cluster is not None:
         extra["cluster"] = state = cluster.status()
         if not state["connected"]:
@@ -251,6 +264,7 @@ async def post_purge(request: web.Request) -> web.Response:
     if not purge.dry_run:
         edge.counters["purges"] += 1
         edge.counters["purged_entries"] += count
+        dashboard.record_purge(request.app, purge, count)
     log.info(
         "purge %s%s%s from %s: %d entries",
         purge.target,
@@ -456,6 +470,22 @@ async def get_stats(request: web.Request) -> web.Response:
     return web.json_response({**totals, **counters})
 
 
+async def get_metrics(request: web.Request) -> web.Response:
+    """Prometheus text format (metrics.py): this edge's counters, every
+    worker's added up, and the cache gauges read from the shared store now
+    (left out, and logged, when the store can't answer)."""
+    edge = request.app[PROXY_EDGE]
+    stats: dict[str, int] | None
+    try:
+        stats = await edge.store.stats()
+    except StoreError as e:
+        log.warning("metrics: cache stats unavailable: %s", e)
+        stats = None
+    # Off the loop: with workers it reads every worker's files.
+    body = await asyncio.get_running_loop().run_in_executor(None, edge.metrics.exposition, stats)
+    return web.Response(body=body, headers={"Content-Type": edge.metrics.content_type})
+
+
 async def get_config(request: web.Request) -> web.Response:
     reloader = request.app[RELOADER]
     return web.json_response(config_summary(reloader))
@@ -508,5 +538,7 @@ def build_admin_app(
     app.router.add_post("/purge", post_purge)
     app.router.add_get("/entries", get_entries)
     app.router.add_get("/stats", get_stats)
+    app.router.add_get("/metrics", get_metrics)
     app.router.add_get("/cluster", get_cluster)
+    dashboard.add_routes(app, edge)  # GET /, its assets, /dashboard/status
     return app

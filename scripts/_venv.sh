@@ -40,3 +40,26 @@ ensure_redis_server() {
     echo "== redis-server unavailable: the cluster tests will be skipped"
     return 0
 }
+
+# ensure_chromium: the dashboard test (tests/e2e/test_dashboard.py) drives
+# Debian's chromium through Playwright (Playwright's own browser download is
+# not used); install the package when missing. Failure is tolerated: those
+# tests then skip, saying why.
+ensure_chromium() {
+    if command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ]; then
+        return 0
+    fi
+    echo "== installing chromium (for the dashboard browser test)"
+    if command -v apt-get >/dev/null 2>&1; then
+        local sudo=""
+        if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1; then sudo="sudo -n"; fi
+        { $sudo apt-get update -qq && \
+          DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium; } \
+            >/dev/null 2>&1 || true
+    fi
+    if command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ]; then
+        return 0
+    fi
+    echo "== chromium unavailable: the dashboard browser tests will be skipped"
+    return 0
+}
