@@ -482,7 +482,10 @@ async def get_metrics(request: web.Request) -> web.Response:
         log.warning("metrics: cache stats unavailable: %s", e)
         stats = None
     # Off the loop: with workers it reads every worker's files.
-    body = await asyncio.get_running_loop().run_in_executor(None, edge.metrics.exposition, stats)
+    health = health_of(edge.store)
+    body = await asyncio.get_running_loop().run_in_executor(
+        None, edge.metrics.exposition, stats, health
+    )
     return web.Response(body=body, headers={"Content-Type": edge.metrics.content_type})
 
 

@@ -56,6 +56,7 @@ from prometheus_client.registry import Collector
 from edgeproxy.accesslog import cache_outcome
 from edgeproxy.http.cache_status import CacheStatus
 from edgeproxy.purge import PurgeAll, PurgePrefix, PurgeTags, PurgeURL, Target
+from edgeproxy.store.base import StoreHealth
 
 if TYPE_CHECKING:
     from edgeproxy.store.disk import DiskStore
@@ -245,9 +246,12 @@ class Metrics:
 
     # -- exposition ------------------------------------------------------------
 
-    def exposition(self, store: Mapping[str, int] | None) -> bytes:
+    def exposition(
+        self, store: Mapping[str, int] | None, health: StoreHealth | None = None
+    ) -> bytes:
         """The text format, with the cache gauges from `store` (its stats(),
-        None when they could not be read: then they are left out).
+        None when they could not be read: then they are left out) and the
+        answering process's store health (issue #8: a degraded store shows).
 
         Blocking in multiprocess mode (it reads every worker's files): call
         it off the event loop.
@@ -261,7 +265,8 @@ class Metrics:
             sources.append(collector)
         else:
             sources.append(self.registry)
-        return generate_latest(_Scrape(sources, list(store_gauges(store))))
+        extra = [*store_gauges(store), *health_gauges(health)]
+        return generate_latest(_Scrape(sources, extra))
 
 
 def store_gauges(stats: Mapping[str, int] | None) -> Iterator[Metric]:
@@ -272,6 +277,28 @@ def store_gauges(stats: Mapping[str, int] | None) -> Iterator[Metric]:
     )
     yield GaugeMetricFamily(
         "edgeproxy_cache_bytes", "Bytes the cache directory holds.", stats["bytes"]
+    )
+
+
+def health_gauges(health: StoreHealth | None) -> Iterator[Metric]:
+    """The store's write state, as the process answering the scrape sees it
+    (each worker finds a disk fault on its own next write)."""
+    if health is None:
+        return
+    yield GaugeMetricFamily(
+        "edgeproxy_store_degraded",
+        "1 while the cache store can't write (disk full or unwritable): responses pass through.",
+        1 if health.state == "degraded" else 0,
+    )
+    yield GaugeMetricFamily(
+        "edgeproxy_store_write_failures",
+        "Writes this process's store failed on a disk fault since it started.",
+        health.write_failures,
+    )
+    yield GaugeMetricFamily(
+        "edgeproxy_store_pending_purges",
+        "Purges or invalidations waiting for the disk; no hits are served meanwhile.",
+        health.pending,
     )
 
 

@@ -32,6 +32,7 @@ from typing import Any
 import aiohttp
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
+from prometheus_client.parser import text_string_to_metric_families
 
 from edgeproxy.policy.entry import Entry
 from edgeproxy.store.base import Degraded, health_of
@@ -181,6 +182,19 @@ async def health(s: aiohttp.ClientSession, edge: EdgeProc) -> dict[str, Any]:
         return data
 
 
+async def store_metrics(s: aiohttp.ClientSession, edge: EdgeProc) -> dict[str, float]:
+    """The store gauges from GET /metrics (no token configured: loopback only)."""
+    async with s.get(edge.admin_url + "/metrics") as r:
+        assert r.status == 200, await r.text()
+        text = await r.text()
+    return {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name.startswith("edgeproxy_store_")
+    }
+
+
 async def poll(check: Callable[[], Awaitable[bool]], what: str, tries: int = 200) -> None:
     """Bounded: ~10 s at most, for the proxy's back-off (1 s, then 2 s, ...)."""
     for _ in range(tries):
@@ -224,6 +238,7 @@ async def test_full_disk_passes_through_reports_and_recovers(
     assert (got["status"], got["store"]) == ("degraded", "degraded")
     assert re.search("disk I/O error|File too large", got["store_health"]["reason"])
     assert got["store_health"]["write_failures"] >= 1
+    assert (await store_metrics(s, edge))["edgeproxy_store_degraded"] == 1
     # Reads still work on a full disk: what is stored is still served.
     assert "hit" in (await get(s, edge.url + "/old"))[1]
     # Once degraded it stops trying to store: no "stored" while backing off.
@@ -247,6 +262,9 @@ async def test_full_disk_passes_through_reports_and_recovers(
 
     await poll(caching_again, "caching to resume")
     assert "store" not in await health(s, edge)
+    scraped = await store_metrics(s, edge)
+    assert scraped["edgeproxy_store_degraded"] == 0
+    assert scraped["edgeproxy_store_write_failures"] >= 1  # what happened stays counted
     # The kept purge went first: /purged comes from the origin, /old is a hit again.
     before = origin.hits("/purged")
     status, cs, body = await get(s, edge.url + "/purged")
