@@ -194,11 +194,9 @@ class Limits:
 
 @dataclass(frozen=True, slots=True)
 class LogConfig:
-    """The `log` block: the access log (accesslog.py), one line per request on
-    the `edgeproxy.access` logger, JSON or Apache/nginx combined.
-
-    Off by default until the assembly (cli.py) sends that logger to stdout on
-    its own: through the root handler it would share stderr with errors."""
+    """The `log` block: the access log (accesslog.py), one line per request,
+    JSON or Apache/nginx combined; `serve` writes the lines to stdout on
+    their own (cli.py), apart from errors on stderr."""
 
     access_log: bool = True
     access_format: Literal["json", "combined"] = "json"
