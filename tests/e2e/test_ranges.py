@@ -16,8 +16,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from edgeproxy.bodies import ShortBody, _read_span
 from edgeproxy.http.dates import format_http_date
-from edgeproxy.proxy import ShortBody, _read_span
 from edgeproxy.state import EDGE
 from edgeproxy.store.base import Body
 from tests.conftest import FakeClock

@@ -26,7 +26,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from edgeproxy import proxy as proxy_module
+from edgeproxy import bodies
 from tests.e2e.conftest import MakeProxy
 from tests.e2e.harness import Reply, RssWatch, ScriptedOrigin
 
@@ -65,7 +65,7 @@ def sendfile_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
         raise AssertionError("a file-backed body was read into Python")
 
     monkeypatch.setattr(os, "sendfile", counting)
-    monkeypatch.setattr(proxy_module, "_pread", no_reads)
+    monkeypatch.setattr(bodies, "_pread", no_reads)
     return calls
 
 
@@ -217,14 +217,14 @@ def test_sendfile_waits_for_room_and_flushes_the_head_first(
     received = bytearray()
     start_reading = threading.Event()
     waits = {"n": 0}
-    real_writable = proxy_module._writable
+    real_writable = bodies._writable
 
     async def counting_writable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
         waits["n"] += 1
         start_reading.set()  # the reader starts once the socket is full
         await real_writable(loop, fd)
 
-    monkeypatch.setattr(proxy_module, "_writable", counting_writable)
+    monkeypatch.setattr(bodies, "_writable", counting_writable)
 
     def reader() -> None:
         start_reading.wait(30)
@@ -247,7 +247,7 @@ def test_sendfile_waits_for_room_and_flushes_the_head_first(
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_connection(asyncio.Protocol, sock=server_sock)
         transport.write(head)  # type: ignore[attr-defined]
-        sent = await proxy_module._sendfile(transport, f.fileno(), 1000, len(body) - 1000)
+        sent = await bodies._sendfile(transport, f.fileno(), 1000, len(body) - 1000)
         transport.close()
         return sent
 
@@ -275,7 +275,7 @@ async def test_sendfile_to_a_client_that_left_is_a_connection_reset(tmp_path: An
     f = await asyncio.to_thread(open, path, "rb")
     try:
         with pytest.raises(ConnectionResetError):
-            await proxy_module._sendfile(transport, f.fileno(), 0, 4 << 20)
+            await bodies._sendfile(transport, f.fileno(), 0, 4 << 20)
     finally:
         transport.close()
         await asyncio.to_thread(f.close)
