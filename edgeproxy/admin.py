@@ -1,8 +1,10 @@
 """The admin listener: a separate aiohttp app on its own address.
 
 Routes: `POST /purge`, `GET /entries`, `GET /stats`, `GET /config`,
-`POST /reload`, `GET /cluster`, and `GET /healthz` (the only one open to
-all, for probes).
+`POST /reload`, `GET /cluster`, `GET /metrics` (Prometheus, metrics.py),
+`GET /dashboard/status`, and `GET /healthz` (open to all, for probes). The
+dashboard page `GET /` and its two assets are open too: they carry no data,
+and every call the page makes needs the token (dashboard/).
 
 With `cluster.redis_url` set (cluster.py), an accepted purge is applied
 here, then published to every edge; its answer carries its `sequence` (null
@@ -11,7 +13,7 @@ request holds the answer until every live edge has applied it (at most
 `cluster.wait_timeout`). `GET /cluster` lists the edges and the last purge
 each applied; `/healthz` says "degraded" while Redis is unreachable.
 
-Every route but `/healthz` needs `Authorization: Bearer <token>`, compared in
+Every data route needs `Authorization: Bearer <token>`, compared in
 constant time. The token comes from the environment variable named by
 `admin.token_env` (default EDGEPROXY_ADMIN_TOKEN) or the file `admin.token_file`,
 never from the YAML itself. Without a token the listener binds to loopback only
@@ -458,6 +460,20 @@ STAT_COUNTERS = (
     "purged_entries",
 )
 
+# Every request counted once by what the client got (accesslog.cache_outcome).
+OUTCOMES = (
+    "hit",
+    "miss",
+    "stale",
+    "revalidated",
+    "collapsed",
+    "client-304",
+    "bypass",
+    "pass",
+    "error",
+    "none",
+)
+
 
 async def get_stats(request: web.Request) -> web.Response:
     """Store totals (shared by every worker) and this process's counters."""
@@ -467,7 +483,8 @@ async def get_stats(request: web.Request) -> web.Response:
     except StoreError as e:
         return json_error(503, f"reading stats failed: {e}")
     counters = dict.fromkeys(STAT_COUNTERS, 0) | dict(edge.counters)
-    return web.json_response({**totals, **counters})
+    outcomes = dict.fromkeys(OUTCOMES, 0) | dict(edge.outcomes)
+    return web.json_response({**totals, **counters, "outcomes": outcomes})
 
 
 async def get_metrics(request: web.Request) -> web.Response:

@@ -119,14 +119,16 @@ async def handle(request: web.Request) -> web.StreamResponse:
         # Metrics on every request; what the client got, as the access log says.
         sent = resp if resp is not None or ctx is None else ctx.sent
         from_store = ctx is not None and ctx.from_store
+        cache = outcome(
+            ctx.cache_status if ctx is not None else None,
+            sent.status if sent is not None else None,
+            from_store,
+        )
+        edge.outcomes[cache] += 1
         edge.metrics.served(
             route_name,
             request.method,
-            outcome(
-                ctx.cache_status if ctx is not None else None,
-                sent.status if sent is not None else None,
-                from_store,
-            ),
+            cache,
             byte_source(from_store, isinstance(sent, RelayedResponse)),
             _body_bytes(request, sent),
         )

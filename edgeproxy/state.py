@@ -42,6 +42,9 @@ class EdgeState:
     # wall-clock step never ejects or restores a server.
     monotonic: Callable[[], float] = time.monotonic
     counters: collections.Counter[str] = field(default_factory=collections.Counter)
+    # Requests by cache outcome (accesslog.cache_outcome), for /stats and the
+    # dashboard; the Prometheus series carry the same with route and method.
+    outcomes: collections.Counter[str] = field(default_factory=collections.Counter)
     flights: Flights = field(default_factory=Flights)
     # Work the proxy owns beyond any one request (background revalidations,
     # deletions): cancelled and awaited by the app's cleanup.

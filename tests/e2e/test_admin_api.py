@@ -460,6 +460,9 @@ async def test_stats_count_what_happened(
 ) -> None:
     before = await admin.stats()
     assert isinstance(before.pop("bytes"), int)  # the store's disk use, index included
+    kinds = "hit miss stale revalidated collapsed client-304 bypass pass error none"
+    none = dict.fromkeys(kinds.split(), 0)
+    assert before.pop("outcomes") == none
     assert before == {
         "entries": 0,
         "hits": 0,
@@ -501,6 +504,8 @@ async def test_stats_count_what_happened(
         "purges": 2,
         "purged_entries": 1,
     }
+    # Each request once, by what the client got (the access log's outcome).
+    assert stats["outcomes"] == none | {"miss": 2, "hit": 1, "client-304": 1, "revalidated": 1}
     assert origin.hits() == 3
 
 

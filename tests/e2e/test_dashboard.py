@@ -203,7 +203,7 @@ async def test_dashboard_login_traffic_entries_and_purge(
     await page.clock.run_for(POLL_MS)  # one poll: 6 requests in 3 s
     await expect(page.locator("#outcome-hit td.num")).to_have_text("3")
     await expect(page.locator("#outcome-miss td.num")).to_have_text("3")
-    await expect(page.locator("#outcome-bypass td.num")).to_have_text("n/a")
+    await expect(page.locator("#outcome-bypass td.num")).to_have_text("0")
     await expect(page.locator("#req-rate")).to_have_text("2.00")
     await expect(page.locator("#hit-ratio")).to_have_text("50.0%")
     await expect(page.locator("#cache-entries")).to_have_text("3 stored responses")

@@ -9,32 +9,20 @@ const WINDOW_MS = 5 * 60 * 1000; // the chart's span
 const PAGE_SIZE = 20;
 const MAX_LISTING = 5000; // /entries' limit cap (admin.MAX_LIMIT)
 
-// Outcome rows: label and the /stats counters it adds up. A counter appears in
-// /stats once it is first counted; `counted: false` marks outcomes this version
-// may not count at all ("n/a" while absent) rather than "0".
-const OUTCOMES = [
-  ["hit", ["hits"], true],
-  ["miss", ["misses"], true],
-  ["stale", ["stale_if_error", "stale_while_revalidate"], true],
-  ["revalidated", ["revalidated_304"], true],
-  ["collapsed", ["collapsed"], true],
-  ["client-304", ["client_304"], true],
-  ["bypass", ["bypass"], false],
-];
+// Outcome rows, as /stats' "outcomes" counts them: every request once, by
+// what the client got (the access log's cache outcome).
+const OUTCOMES = ["hit", "miss", "stale", "revalidated", "collapsed", "client-304", "bypass"];
+// Answered from the cache without the origin, and every request that looked.
+const FROM_CACHE = ["hit", "collapsed", "stale", "client-304"];
+const LOOKED = [...FROM_CACHE, "miss", "revalidated"];
 
 const $ = (id) => document.getElementById(id);
 const num = (v) => (typeof v === "number" && isFinite(v) ? v : 0);
+const count = (s, names) => names.reduce((a, n) => a + num((s.outcomes || {})[n]), 0);
 
-function outcome(stats, names, counted) {
-  const known = names.map((n) => stats[n]).filter((v) => typeof v === "number");
-  if (!known.length) return counted ? 0 : undefined;
-  return known.reduce((a, b) => a + b, 0);
-}
-
-// Requests that looked in the cache, and those of them answered without the origin.
-const lookups = (s) => num(s.hits) + num(s.collapsed) + num(s.misses) + num(s.revalidations);
-const cacheAnswered = (s) => num(s.hits) + num(s.collapsed);
-const requests = (s) => lookups(s) + num(s.bypass);
+const lookups = (s) => count(s, LOOKED);
+const cacheAnswered = (s) => count(s, FROM_CACHE);
+const requests = (s) => count(s, Object.keys(s.outcomes || {}));
 
 const state = {
   timer: null,
@@ -192,15 +180,13 @@ function drawChart(now) {
 function renderStats(stats, status) {
   const body = $("outcomes").tBodies[0];
   body.replaceChildren();
-  for (const [label, names, counted] of OUTCOMES) {
-    const value = outcome(stats, names, counted);
+  for (const label of OUTCOMES) {
     const row = body.insertRow();
     row.id = "outcome-" + label;
     row.insertCell().textContent = label;
     const cell = row.insertCell();
     cell.className = "num";
-    cell.textContent = value === undefined ? "n/a" : String(value);
-    if (value === undefined) cell.title = "not counted by this edgeproxy version";
+    cell.textContent = String(count(stats, [label]));
   }
   const extra = body.insertRow();
   extra.insertCell().textContent = "origin requests";
