@@ -31,8 +31,11 @@ edited by hand): they are skipped, and dropped unless the caller is a dry
 run. A body row whose *file* vanished or whose size is wrong is found by
 `open_body`, which drops the variant: a corrupt entry is a miss.
 
-Commit order: the body goes in first (its own transaction, the file copy
-outside any lock), then one transaction checks bans, checks the body is
+Commit order: a body diskcache keeps inline (under its min_file_size) is
+set inside the one index transaction, after the ban check: one BEGIN
+IMMEDIATE per stored entry, and a refused or failed commit rolls the body
+back with it. A larger body goes in first (its own transaction, the file
+copy outside any lock), then one transaction checks bans, checks the body is
 still there (a concurrent `set()` may have evicted it), replaces the variant
 with the same Vary names and values, and writes the rows. A failed commit
 deletes the body it added. A crash between the two leaves an orphan body,
@@ -57,7 +60,8 @@ Directories from the skeleton's layout (`i:<key>` JSON lists) are not read:
 those rows are evicted by size like orphan bodies.
 
 diskcache never decides HTTP freshness: no `expire=` is set. Every diskcache
-and sqlite call runs on the store's thread pool, never on the event loop.
+and sqlite call runs on the store's thread pool (store/pool.py), never on
+the event loop.
 This uses diskcache 5.x internals (`Cache._sql`, the thread-local connection
 `transact()` opens its transaction on); `open` checks they exist.
 """
@@ -68,7 +72,6 @@ import asyncio
 import contextlib
 import errno
 import fcntl
-import functools
 import json
 import logging
 import os
@@ -76,9 +79,7 @@ import sqlite3
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import IO, Any, Literal, TypeVar
 
@@ -96,6 +97,7 @@ from edgeproxy.purge import (
     matches,
 )
 from edgeproxy.store.base import Banned, Body, Degraded, StoreError, StoreHealth
+from edgeproxy.store.pool import StorePool
 
 log = logging.getLogger("edgeproxy.store")
 
@@ -156,14 +158,12 @@ SCHEMA_SQL = (
 )
 
 
-# Per connection (store/tiered.py's eviction hook): which variants a body's
-# set() evicted. TEMP objects are invisible to other connections and processes.
+# Per connection (DiskStore._watch_evictions): reports each deleted variant
+# row to a Python function of that connection, which keeps the keys only
+# while a body's set() runs. TEMP: invisible to other connections and processes.
 EVICT_WATCH_SQL = (
-    "CREATE TEMP TABLE IF NOT EXISTS edge_evicting (watching INTEGER)",
-    "CREATE TEMP TABLE IF NOT EXISTS edge_evicted (key TEXT NOT NULL)",
     "CREATE TEMP TRIGGER IF NOT EXISTS edge_evicted_note AFTER DELETE ON main.edge_variants"
-    " WHEN EXISTS (SELECT 1 FROM temp.edge_evicting)"  # names below resolve in temp
-    " BEGIN INSERT INTO edge_evicted (key) VALUES (OLD.key); END",
+    " BEGIN SELECT edge_evicted(OLD.key); END"
 )
 
 
@@ -350,7 +350,7 @@ class DiskStore:
         self,
         cache: diskcache.Cache | None,
         directory: str,
-        executor: ThreadPoolExecutor,
+        executor: StorePool,
         spill_threshold: int,
         ban_ttl: float = BAN_TTL,
         *,
@@ -373,6 +373,7 @@ class DiskStore:
         # thread, once a commit's body is in, with the primary keys of the
         # variants diskcache evicted to make room for it (see _set_body).
         self.on_evict: Callable[[list[str]], None] | None = None
+        self._local = threading.local()  # per pool thread: eviction notes (_set_body)
 
     @property
     def directory(self) -> str:
@@ -408,18 +409,16 @@ class DiskStore:
         directory that can't be opened (unwritable, full, I/O errors) gives a
         store that starts degraded, passes everything through, and opens the
         cache at the first write after the back-off (`clock`) once it can."""
-        executor = ThreadPoolExecutor(threads, thread_name_prefix="edgeproxy-store")
+        executor = StorePool(threads, "edgeproxy-store")
         loop = asyncio.get_running_loop()
         opened: diskcache.Cache | None = None
         failure: BaseException | None = None
         try:
-            opened = await loop.run_in_executor(
-                executor, _open_cache, directory, size_limit, eviction_policy
-            )
+            opened = await executor.run(_open_cache, directory, size_limit, eviction_policy)
         except (OSError, sqlite3.OperationalError, sqlite3.DatabaseError) as e:
             failure = e  # serving without a cache beats a crash loop
         except BaseException as e:
-            await loop.run_in_executor(None, functools.partial(executor.shutdown, wait=True))
+            await loop.run_in_executor(None, executor.shutdown)
             if isinstance(e, LOW_ERRORS):
                 raise StoreError(f"opening cache {directory}: {e}") from e
             raise
@@ -481,8 +480,7 @@ class DiskStore:
         return result
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
+        return await self._executor.run(fn, *args)
 
     async def _write(self, what: str, fn: Callable[..., T], *args: Any) -> T:
         """Run a write on the pool; lower-level failures become StoreError."""
@@ -658,10 +656,19 @@ class DiskStore:
 
     # -- Store protocol: writes ----------------------------------------------
 
-    async def update(self, entry: Entry) -> bool:
-        return await self._change(f"updating {entry.key}", self._update, entry)
+    async def update(self, entry: Entry, then: Callable[[], object] | None = None) -> bool:
+        """`then()` runs in the same pool job once the transaction ended, even
+        if it failed (the hot tier's publish: one hop, not two)."""
+        return await self._change(f"updating {entry.key}", self._update, entry, then)
 
-    def _update(self, entry: Entry) -> bool:
+    def _update(self, entry: Entry, then: Callable[[], object] | None = None) -> bool:
+        try:
+            return self._update_row(entry)
+        finally:
+            if then is not None:
+                then()
+
+    def _update_row(self, entry: Entry) -> bool:
         with self._txn() as sql:
             row = sql(
                 "SELECT id FROM edge_variants WHERE variant = ? AND key = ?",
@@ -711,24 +718,45 @@ class DiskStore:
                 sql("DELETE FROM edge_variants WHERE id = ?", row)
             self._cache.delete(BODY + entry.variant)
 
-    def _commit(self, entry: Entry, data: bytes | None, tmp: IO[bytes] | None) -> Entry:
+    def _commit(
+        self,
+        entry: Entry,
+        data: bytes | None,
+        tmp: IO[bytes] | None,
+        then: Callable[[Entry], object] | None = None,
+    ) -> Entry:
+        """Store the body and index the variant; `then(stored)` runs after it
+        committed, in this same pool job (the hot tier's publish: no 2nd hop).
+
+        A body diskcache keeps inline (bytes under its min_file_size: no file
+        to copy) goes in the index transaction itself: one BEGIN IMMEDIATE /
+        COMMIT per stored entry, and a refused commit rolls its body back
+        with it. A larger body is copied to its file outside any lock, in
+        diskcache's own transaction, before the index one.
+        """
         body_key = BODY + entry.variant
+        value: bytes | IO[bytes] = tmp if tmp is not None else data or b""
+        inline = isinstance(value, bytes) and len(value) < self._min_file_size()
+        watch = self._watch_evictions()  # before any transaction: it may create TEMP objects
+        evicted: list[str] = []
         try:
-            if tmp is not None:
-                tmp.flush()
-                tmp.seek(0)
-            self._set_body(body_key, tmp if tmp is not None else data or b"")
-        finally:
-            if tmp is not None:
-                with contextlib.suppress(OSError):
-                    tmp.close()  # delete=True unlinks it
-        try:
+            if not inline:
+                try:
+                    if tmp is not None:
+                        tmp.flush()
+                        tmp.seek(0)
+                    evicted = self._set_body(body_key, value, watch)
+                finally:
+                    if tmp is not None:
+                        with contextlib.suppress(OSError):
+                            tmp.close()  # delete=True unlinks it
+                if evicted:  # committed by diskcache's own transaction
+                    self._evicted(evicted)
+                    evicted = []
             with self._txn() as sql:
-                verdict = self._ban(sql, entry.key, entry.tags, entry.request_time)
-                if verdict == "hard":
-                    raise Banned(f"{entry.key}: a purge was issued while this response was fetched")
-                if verdict == "soft":
-                    entry = entry.with_changes(soft_purged=True)
+                entry = self._admissible(sql, entry)
+                if inline:
+                    evicted = self._set_body(body_key, value, watch)  # nests in ours
                 present = sql("SELECT 1 FROM Cache WHERE key = ? AND raw = 1", (body_key,))
                 if present.fetchone() is None:
                     raise StoreError(f"{entry.key}: body evicted before its commit")
@@ -749,36 +777,71 @@ class DiskStore:
                 for vid, variant in extra:
                     self._drop(sql, vid, variant)
         except BaseException:
-            with contextlib.suppress(*LOW_ERRORS):
-                self._cache.delete(body_key)
+            if not inline:  # inline, the rollback took the body row along
+                with contextlib.suppress(*LOW_ERRORS):
+                    self._cache.delete(body_key)
             raise
+        if evicted:  # only evictions that committed are news
+            self._evicted(evicted)
+        if then is not None:
+            then(entry)
         return entry
 
-    def _set_body(self, body_key: str, value: bytes | IO[bytes]) -> None:
-        """diskcache's set, which may evict to stay under its size limit.
+    def _admissible(self, sql: Sql, entry: Entry) -> Entry:
+        """`entry` as bans let it be stored (soft-purged maybe); Banned if not at all."""
+        verdict = self._ban(sql, entry.key, entry.tags, entry.request_time)
+        if verdict == "hard":
+            raise Banned(f"{entry.key}: a purge was issued while this response was fetched")
+        return entry.with_changes(soft_purged=True) if verdict == "soft" else entry
 
-        With `on_evict` set, a TEMP trigger (this connection's only, nothing
-        in the shared schema) notes the keys of variant rows deleted while
-        the flag row is in, i.e. by the eviction cascade of this set, and
-        the hook gets them. Evictions are committed by then, whatever
-        becomes of the commit.
-        """
+    def _min_file_size(self) -> int:
+        """Below this diskcache stores a bytes value inline in SQLite, no file."""
+        size: int = getattr(self._cache.disk, "min_file_size", 0)
+        return size
+
+    def _evicted(self, keys: list[str]) -> None:
         on_evict = self.on_evict
-        if on_evict is None:
-            self._cache.set(body_key, value, read=not isinstance(value, bytes))
-            return
-        sql = self._sql
-        for statement in EVICT_WATCH_SQL:  # IF NOT EXISTS: each thread's connection once
-            sql(statement)
-        sql("INSERT INTO temp.edge_evicting VALUES (1)")
-        try:
-            self._cache.set(body_key, value, read=not isinstance(value, bytes))
-        finally:
-            sql("DELETE FROM temp.edge_evicting")
-        keys = [key for (key,) in sql("SELECT key FROM temp.edge_evicted")]
-        if keys:
-            sql("DELETE FROM temp.edge_evicted")
+        if on_evict is not None:
             on_evict(keys)
+
+    def _watch_evictions(self) -> bool:
+        """With `on_evict` set: make sure this thread's connection notes the
+        variant rows deleted while `_local.notes` is a list (the eviction
+        cascade of one set()). Set up once per connection: a TEMP trigger
+        (this connection's only, nothing in the shared schema) calling a
+        Python function, so a commit that evicts nothing runs no extra SQL."""
+        if self.on_evict is None:
+            return False
+        con = self._cache._con
+        local = self._local
+        if getattr(local, "con", None) is not con:
+            con.create_function("edge_evicted", 1, self._note_evicted)
+            con.execute(EVICT_WATCH_SQL)
+            local.con = con
+            local.notes = None
+        return True
+
+    def _note_evicted(self, key: object) -> None:
+        # Called by SQLite inside a statement: must never raise.
+        notes = getattr(self._local, "notes", None)
+        if notes is not None and isinstance(key, str):
+            notes.append(key)
+
+    def _set_body(self, body_key: str, value: bytes | IO[bytes], watch: bool) -> list[str]:
+        """diskcache's set, which may evict to stay under its size limit;
+        returns the primary keys of the variants it evicted (when `watch`)."""
+        read = not isinstance(value, bytes)
+        if not watch:
+            self._cache.set(body_key, value, read=read)
+            return []
+        local = self._local
+        notes: list[str] = []
+        local.notes = notes
+        try:
+            self._cache.set(body_key, value, read=read)
+        finally:
+            local.notes = None
+        return notes
 
     # -- purge ---------------------------------------------------------------
 
@@ -917,7 +980,7 @@ class DiskStore:
             await self._run(self._opened.close)
         # Joining the pool's threads blocks: do it off the loop too.
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, functools.partial(self._executor.shutdown, wait=True))
+        await loop.run_in_executor(None, self._executor.shutdown)
 
 
 def _init_schema(cache: diskcache.Cache) -> None:
@@ -1055,6 +1118,10 @@ class DiskWriter:
         self._done = False
 
     @property
+    def key(self) -> str:
+        return self._key
+
+    @property
     def size(self) -> int:
         return self._size
 
@@ -1081,7 +1148,9 @@ class DiskWriter:
         self._buf = bytearray()
         return f
 
-    async def commit(self, entry: Entry) -> Entry:
+    async def commit(self, entry: Entry, then: Callable[[Entry], object] | None = None) -> Entry:
+        """Commit the body and index it; `then(stored)` runs in the same pool
+        job right after the commit succeeded (DiskStore._commit)."""
         if self._done:
             raise StoreError("writer already closed")
         if not self._store.writable():  # degraded: the commit would be refused
@@ -1093,9 +1162,11 @@ class DiskWriter:
         tmp, self._tmp = self._tmp, None
         data = None if tmp is not None else bytes(self._buf)
         self._buf = bytearray()
-        stored = entry.with_changes(key=self._key, variant=uuid.uuid4().hex, body_size=self._size)
+        stored = entry.with_changes(
+            key=self._key, variant=os.urandom(16).hex(), body_size=self._size
+        )
         return await self._store._change(
-            f"committing {self._key}", self._store._commit, stored, data, tmp
+            f"committing {self._key}", self._store._commit, stored, data, tmp, then
         )
 
     async def abort(self) -> None:

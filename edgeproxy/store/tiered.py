@@ -9,7 +9,8 @@ which stays the one truth shared by the workers:
 - Reads that miss memory go to disk, then fill memory (a variant list; a body
   up to `max_object` bytes, LRU-bounded by `max_bytes` in all).
 - Writes go to disk first; only when the disk transaction committed is the
-  change published (store/generation.py) and applied to memory. A commit
+  change published (store/generation.py; for commits and updates in the
+  disk write's own pool job) and applied to memory. A commit
   the disk refuses (`Banned`, a fill that raced a purge) never reaches
   memory; a committed one leaves its body in memory, if small enough.
 - Every worker reads the generation counter on each lookup and drops what
@@ -151,6 +152,15 @@ class TieredStore:
 
         return await asyncio.shield(write())
 
+    def _published(self, published: _Publisher) -> None:
+        """On the loop, after a pool job that published through `published`."""
+        if published.error is not None:
+            self._mem.clear()  # at least this worker forgets
+            raise StoreError(
+                f"publishing a change to the other workers: {published.error}"
+            ) from published.error
+        self._sync()
+
     def _evicted(self, keys: list[str]) -> None:
         # DiskStore.on_evict: on its pool thread, after the eviction committed.
         self._gen.publish(key_hash(k) for k in keys)
@@ -255,7 +265,14 @@ class TieredStore:
         return TieredWriter(self, self._disk.open_writer(key))
 
     async def update(self, entry: Entry) -> bool:
-        return await self._apply(self._disk.update(entry), [key_hash(entry.key)])
+        # The record is published on the pool thread right after the disk
+        # transaction (even a failed one), in the same job: one hop, and a
+        # cancelled caller can't skip it (the job runs to its end).
+        published = _Publisher(self._gen, key_hash(entry.key))
+        try:
+            return await self._disk.update(entry, then=published)
+        finally:
+            self._published(published)
 
     async def delete(self, key: str) -> int:
         return await self._apply(self._disk.delete(key), [key_hash(key)])
@@ -288,6 +305,7 @@ class TieredWriter(CopyingWriter):
     def __init__(self, tier: TieredStore, inner: DiskWriter) -> None:
         super().__init__(inner, tier.max_object)
         self._tier = tier
+        self._disk_writer = inner  # typed: its commit takes `then`
 
     async def commit(self, entry: Entry) -> Entry:
         tier = self._tier
@@ -299,9 +317,32 @@ class TieredWriter(CopyingWriter):
 
     async def _commit(self, entry: Entry, since: int, chunks: list[bytes] | None) -> Entry:
         tier = self._tier
-        stored = await self._inner.commit(entry)  # Banned / StoreError: memory untouched
-        h = key_hash(stored.key)
-        own = await tier._publish([h])
+        h = key_hash(self._disk_writer.key)
+        published = _Publisher(tier._gen, h)
+        # Banned / StoreError: memory untouched, nothing published. Committed:
+        # the record goes out in the commit's own pool job (DiskWriter.commit).
+        stored = await self._disk_writer.commit(entry, then=lambda _: published())
+        tier._published(published)
+        own = published.number
         if chunks is not None and tier._admit(h, since, own):
             tier._mem.put_body(stored.key, h, stored.variant, b"".join(chunks))
         return stored
+
+
+class _Publisher:
+    """Publishes one key's record when called (on a pool thread, after a disk
+    write); keeps the record number, or the OSError for the loop to raise."""
+
+    __slots__ = ("_gen", "_hash", "error", "number")
+
+    def __init__(self, gen: Generation, h: int) -> None:
+        self._gen = gen
+        self._hash = h
+        self.number = 0
+        self.error: OSError | None = None
+
+    def __call__(self) -> None:
+        try:
+            self.number = self._gen.publish([self._hash])
+        except OSError as e:
+            self.error = e

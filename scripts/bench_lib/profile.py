@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 
 # Leaf frames that mean "waiting": a pool thread blocked on its queue, the
 # loop blocked in epoll_wait. py-spy does not always tell these apart itself.
-IDLE_LEAVES = frozenset({"_worker", "EpollSelector.select"})
+IDLE_LEAVES = frozenset({"_worker", "StorePool._work", "EpollSelector.select"})
+# Frames only the event loop's thread has (asyncio's and uvloop's).
+LOOP_FRAMES = frozenset({"BaseEventLoop.run_forever", "Runner.run", "run_until_complete"})
 TREE_ROOT = "RequestHandler._handle_request"  # aiohttp: one request, parsed, to the handler
 
 
@@ -73,7 +75,8 @@ def summarize_profile(
     root = Node()
     for frames, n in stacks:
         names = [_name(f) for f in frames]
-        if "run_forever" not in " ".join(names):
+        # uvloop's loop is C: its thread shows Runner.run, never run_forever.
+        if not LOOP_FRAMES.intersection(names):
             kinds["pool threads (store work off the loop)"] += n
         elif TREE_ROOT in names:
             kinds["event loop: inside the request handler"] += n

@@ -1,0 +1,94 @@
+"""The store's worker threads: a lean `run_in_executor` for the hot path.
+
+Every miss and revalidation makes two or three store calls, each a hop to a
+pool thread and back. `loop.run_in_executor` pays for generality there: a
+concurrent.futures.Future (a Condition, its lock, callbacks), then an asyncio
+future chained to it both ways. Measured (docs/benchmarks.md, run 4) that
+machinery was about a tenth of the event loop's CPU on a miss. Here a job is
+one tuple on a SimpleQueue, and its outcome one `call_soon_threadsafe`.
+
+A job always runs once queued, even if its awaiter is cancelled meanwhile
+(its outcome is then dropped). So the callers' rule is simple: a queued write
+is a write that happens; nothing depends on a cancelled job being skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+_Job = tuple[Callable[..., Any], tuple[Any, ...], asyncio.AbstractEventLoop, "asyncio.Future[Any]"]
+
+
+def _settle(fut: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    """On the loop: deliver a job's outcome, unless its awaiter gave up."""
+    if fut.done():
+        return
+    if error is not None:
+        fut.set_exception(error)
+    else:
+        fut.set_result(result)
+
+
+class StorePool:
+    """`threads` worker threads, started on first use, joined by `shutdown`."""
+
+    def __init__(self, threads: int, name: str) -> None:
+        self._size = max(1, threads)
+        self._name = name
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def run(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        """Queue `fn(*args)`; the future resolves on the calling loop."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[T] = loop.create_future()
+        with self._lock:
+            if self._closed:
+                raise RuntimeError(f"{self._name}: cannot run jobs after shutdown")
+            if not self._threads:
+                for i in range(self._size):
+                    # Daemon: a store nobody closed must not keep the process
+                    # alive at exit (an unfinished write is then a crash, which
+                    # the store survives: tests/e2e/test_kill9.py).
+                    t = threading.Thread(target=self._work, name=f"{self._name}_{i}", daemon=True)
+                    t.start()
+                    self._threads.append(t)
+            self._jobs.put((fn, args, loop, fut))
+        return fut
+
+    def _work(self) -> None:
+        jobs = self._jobs
+        while True:  # bounded by shutdown: one None per thread ends it
+            job = jobs.get()
+            if job is None:
+                return
+            fn, args, loop, fut = job
+            del job
+            result: Any = None
+            error: BaseException | None = None
+            try:
+                result = fn(*args)
+            except BaseException as e:  # delivered to the awaiter, like an executor does
+                error = e
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody awaits
+                loop.call_soon_threadsafe(_settle, fut, result, error)
+            del fn, args, loop, fut, result, error
+
+    def shutdown(self) -> None:
+        """Let queued jobs finish, then join the threads (blocking: off the loop)."""
+        with self._lock:
+            self._closed = True
+            threads = list(self._threads)
+            for _ in threads:
+                self._jobs.put(None)
+        for t in threads:
+            t.join()

@@ -1,0 +1,198 @@
+"""What a stored entry costs the disk store (issue #10), and that the cheaper
+paths keep their guarantees: counted in SQL transactions and pool jobs, never
+in time.
+
+- A body kept inline (under diskcache's min_file_size) commits in one
+  transaction with its index rows; a file body keeps its copy outside the lock.
+- The eviction hook hears of exactly the variants a commit's set() evicted:
+  not the ones the commit replaced itself, and nothing when nothing went.
+- The hot tier publishes in the same pool job as the disk write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edgeproxy.purge import Purge, PurgeURL
+from edgeproxy.store.base import Banned, StoreHealth, health_of
+from edgeproxy.store.disk import DiskStore
+from edgeproxy.store.pool import StorePool
+from edgeproxy.store.tiered import TieredStore
+from tests.conftest import FakeClock
+from tests.contract.helpers import make_entry, put, read
+
+URL = "http://a.example/"
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[DiskStore]:
+    # One pool thread: one connection, which `statements` instruments.
+    s = await DiskStore.open(str(tmp_path / "cache"), threads=1)
+    yield s
+    await s.close()
+
+
+async def statements(store: DiskStore) -> Callable[[], list[str]]:
+    """Record the top-level SQL this store's only connection runs from now on."""
+    seen: list[str] = []
+
+    def install() -> None:
+        store._ensure_open()
+        store._cache._con.set_trace_callback(seen.append)
+
+    await store._run(install)
+    return lambda: [s for s in seen if not s.startswith("--")]
+
+
+def begins(sql: list[str]) -> int:
+    return sum(1 for s in sql if s.startswith("BEGIN"))
+
+
+@pytest.mark.parametrize(
+    ("size", "transactions"),
+    [
+        pytest.param(1024, 1, id="inline body: one transaction"),
+        pytest.param(0, 1, id="empty body: one transaction"),
+        pytest.param(100_000, 2, id="file body: copied outside the index transaction"),
+    ],
+)
+async def test_transactions_per_commit(store: DiskStore, size: int, transactions: int) -> None:
+    sql = await statements(store)
+    stored = await put(store, make_entry(URL), bytes(size))
+    assert begins(sql()) == transactions
+    assert await read(store, stored) == bytes(size)
+    assert [e.variant for e in await store.lookup(URL)] == [stored.variant]
+
+
+async def test_a_refused_inline_commit_leaves_no_body(store: DiskStore, clock: FakeClock) -> None:
+    # Banned before any write: the one transaction rolls back with nothing in it.
+    sent = clock()
+    clock.advance(1)
+    await store.purge(Purge(PurgeURL(URL), issued_at=clock()))
+    with pytest.raises(Banned):
+        await put(store, make_entry(URL, request_time=sent), bytes(1024))
+
+    def bodies() -> list[Any]:
+        return list(store._cache.iterkeys())
+
+    assert await store._run(bodies) == []
+    assert (await store.stats())["entries"] == 0
+
+
+@pytest.mark.parametrize(
+    "size", [pytest.param(20_000, id="inline"), pytest.param(40_000, id="file")]
+)
+async def test_eviction_hook_hears_exactly_the_evicted(tmp_path: Path, size: int) -> None:
+    store = await DiskStore.open(str(tmp_path / "cache"), size_limit=1 << 20, threads=1)
+    heard: list[str] = []
+    store.on_evict = heard.extend
+    try:
+        first = await put(store, make_entry(URL), bytes(size))
+        replaced = await put(store, make_entry(URL), bytes(size))  # same Vary: replaces
+        assert heard == []  # a replacement is not an eviction
+        assert [e.variant for e in await store.lookup(URL)] == [replaced.variant]
+        assert first.variant != replaced.variant
+        for i in range(80):  # bounded: past the size limit either way
+            await put(store, make_entry(f"{URL}{i}"), bytes(size))
+        stored = {URL, *(f"{URL}{i}" for i in range(80))}
+        alive = {e.key for e in await store.entries(limit=1000)}
+        assert heard, "the size limit should have evicted some"
+        assert len(heard) == len(set(heard))
+        assert set(heard) == stored - alive  # heard of each one gone, once
+    finally:
+        await store.close()
+
+
+async def test_update_runs_then_in_its_pool_job_even_when_it_finds_nothing(
+    store: DiskStore,
+) -> None:
+    threads: list[str] = []
+
+    def then() -> None:
+        threads.append(threading.current_thread().name)
+
+    stored = await put(store, make_entry(URL), b"x")
+    assert await store.update(stored.with_changes(status=203), then=then) is True
+    assert await store.update(stored.with_changes(variant="gone"), then=then) is False
+    assert len(threads) == 2
+    assert all(t.startswith("edgeproxy-store") for t in threads)
+
+
+async def test_tiered_commit_publishes_in_the_commit_job(tmp_path: Path) -> None:
+    disk = await DiskStore.open(str(tmp_path / "cache"), threads=1)
+    tier = await TieredStore.open(disk)
+    try:
+        jobs: list[str] = []
+        real = disk._executor.run
+
+        def counting(fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+            jobs.append(getattr(fn, "__name__", repr(fn)))
+            return real(fn, *args)
+
+        disk._executor.run = counting  # type: ignore[method-assign]
+        before = tier._gen.current()
+        await put(tier, make_entry(URL), b"body")
+        assert tier._gen.current() == before + 1  # the commit's record
+        assert jobs == ["_attempt"]  # one hop for the commit and its publish
+    finally:
+        await tier.close()
+
+
+# -- the pool -------------------------------------------------------------------------
+
+
+async def test_pool_runs_jobs_and_delivers_errors() -> None:
+    pool = StorePool(2, "test-pool")
+    try:
+        assert await pool.run(sum, (1, 2, 3)) == 6
+        with pytest.raises(ZeroDivisionError):
+            await pool.run(lambda: 1 // 0)
+        results = await asyncio.gather(*(pool.run(pow, i, 2) for i in range(20)))
+        assert results == [i * i for i in range(20)]
+    finally:
+        await asyncio.get_running_loop().run_in_executor(None, pool.shutdown)
+    with pytest.raises(RuntimeError):
+        pool.run(int)
+
+
+async def test_pool_job_runs_even_if_its_awaiter_is_cancelled() -> None:
+    # The callers rely on it: a queued write happens (and publishes).
+    pool = StorePool(1, "test-pool")
+    gate = threading.Event()
+    ran = threading.Event()
+    try:
+        blocker = pool.run(gate.wait, 10)
+        job = pool.run(ran.set)
+        job.cancel()
+        gate.set()
+        assert await blocker is True
+        await pool.run(int)  # FIFO on one thread: the cancelled job came before
+        assert ran.is_set()
+    finally:
+        gate.set()
+        await asyncio.get_running_loop().run_in_executor(None, pool.shutdown)
+
+
+# -- health_of ------------------------------------------------------------------------
+
+
+class _Reports:
+    def health(self) -> StoreHealth:
+        return StoreHealth(state="degraded", reason="disk full")
+
+
+@pytest.mark.parametrize(
+    ("store", "state"),
+    [
+        pytest.param(object(), "ok", id="a double that doesn't report: ok"),
+        pytest.param(_Reports(), "degraded", id="a store that reports: its health"),
+    ],
+)
+def test_health_of(store: object, state: str) -> None:
+    assert health_of(store).state == state
