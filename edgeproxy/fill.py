@@ -155,7 +155,17 @@ class Relay(Responder, UpstreamClient):
                 if cacheable and upstream.status == 200 and length is not None:
                     sliced = await self._send_range_head(headers, cs, length)
                 if sliced is None:
-                    resp = await self._send_head(upstream.status, headers, cs, length=length)
+                    # A body-less response being stored is complete for the
+                    # client with its head: that head waits for the commit
+                    # (write_eof below), as a body's last chunk does (`_pump`).
+                    bodiless = length == 0 or upstream.status == 204
+                    resp = await self._send_head(
+                        upstream.status,
+                        headers,
+                        cs,
+                        length=length,
+                        coalesce=writer is not None and bodiless,
+                    )
                 else:
                     slicer, resp = sliced
             except (ConnectionResetError, aiohttp.ClientConnectionResetError):

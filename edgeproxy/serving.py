@@ -20,6 +20,7 @@ from edgeproxy.exchange import ExchangeState
 from edgeproxy.forwarding import via_value
 from edgeproxy.http.cache_status import CacheStatus, proxy_status
 from edgeproxy.http.conditionals import Precondition
+from edgeproxy.http.dates import format_http_date
 from edgeproxy.http.ranges import (
     ACCEPT_RANGES,
     IGNORE,
@@ -211,16 +212,18 @@ class Responder(ExchangeState):
         cs: CacheStatus,
         length: int | None = None,
         via: bool = False,
+        coalesce: bool = False,
     ) -> web.StreamResponse:
         """Send status and fields. `via`: append our Via (RFC 9110 section 7.6.3)
-        to a response from storage; relayed ones got it in `response_headers`."""
+        to a response from storage; relayed ones got it in `response_headers`.
+        `coalesce`: hold the head until the first body write or write_eof."""
         if not self.client:
             return NoClient()
         self.cache_status, self.from_store = cs, via
         headers["Cache-Status"] = cs.render(self.cfg.cache.status_name)
         headers[REQUEST_ID] = self.request_id
         self._finish_fields(headers, via)
-        return await self._start(status, headers, length)
+        return await self._start(status, headers, length, coalesce)
 
     def _finish_fields(self, headers: CIMultiDict[str], via: bool) -> None:
         """What every response gets after its own fields: strips, Via, route edits."""
@@ -316,6 +319,9 @@ class Responder(ExchangeState):
     def respond_text(self, status: int, text: str, cs: CacheStatus) -> web.Response:
         self.cache_status, self.from_store = cs, False
         resp = text_response(status, text)
+        # The edge's own clock (injected, like every other Date it sends),
+        # not the one aiohttp would read (RFC 9110 section 6.6.1).
+        resp.headers["Date"] = format_http_date(self.edge.clock())
         resp.headers["Cache-Status"] = cs.render(self.cfg.cache.status_name)
         resp.headers[REQUEST_ID] = self.request_id
         resp.headers["Via"] = via_value(self._version(), self.cfg.via)

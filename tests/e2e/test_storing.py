@@ -336,3 +336,27 @@ def dated(origin: ScriptedOrigin, headers: dict[str, str]) -> dict[str, str]:
         if name in out and out[name][0] in "+-":
             out[name] = origin.date(float(out[name]))
     return out
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [(200, b""), (204, b""), (200, b"x"), (200, b"y" * 100_000)],
+    ids=["empty-200", "204", "one-byte", "file-body"],
+)
+async def test_a_client_holding_the_whole_response_finds_it_stored(
+    proxy: Proxy, origin: ScriptedOrigin, client: aiohttp.ClientSession, status: int, body: bytes
+) -> None:
+    # The response is complete for the client only after the commit: the
+    # last chunk, or for a body-less one the head itself, waits for it. So the
+    # very next request is a hit, never a race with the store's thread, even
+    # on another connection (one connection's requests are handled in turn).
+    async with aiohttp.ClientSession() as other:
+        for n in range(20):
+            origin.script(f"/c{n}", Reply(status=status, body=body, headers=MAX_AGE))
+            got = await fetch(client, "GET", proxy.url + f"/c{n}")
+            assert (got.status, got.body) == (status, body)
+            assert "stored" in got.headers["Cache-Status"]
+            again = await fetch(other, "GET", proxy.url + f"/c{n}")
+            assert "hit" in again.headers["Cache-Status"], (n, again.headers["Cache-Status"])
+            assert (again.status, again.body) == (status, body)
+    assert origin.hits() == 20
