@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
+import sys
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import IO, Any
 
 import aiohttp
 from aiohttp import web
@@ -312,3 +315,58 @@ async def until(cond: Callable[[], bool], what: str, limit: float = 10.0) -> Non
         if loop.time() > end:
             raise AssertionError(f"gave up waiting for {what}")
         await asyncio.sleep(0.005)
+
+
+# -- a real `edgeproxy serve` process -------------------------------------------
+
+
+def free_port() -> int:
+    """A port nobody listens on now (for a subprocess's config, which can't
+    report the port it bound)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def spawn_serve(
+    config: Path,
+    *flags: str,
+    preexec: Callable[[], None] | None = None,
+    stderr: int | IO[bytes] = asyncio.subprocess.PIPE,
+) -> asyncio.subprocess.Process:
+    """`python -m edgeproxy serve --workers 1 --config CONFIG FLAGS`, stderr
+    piped (the caller drains it) unless given, stdout dropped, no admin token
+    inherited (the admin listener is loopback-only and open, as tests want it)."""
+    env = {k: v for k, v in os.environ.items() if k != "EDGEPROXY_ADMIN_TOKEN"}
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "edgeproxy",
+        "serve",
+        "--workers",
+        "1",
+        "--config",
+        str(config),
+        *flags,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=stderr,
+        env=env,
+        preexec_fn=preexec,
+    )
+
+
+async def wait_healthy(admin_url: str, proc: asyncio.subprocess.Process) -> bool:
+    """Poll /healthz until 200 (True), or until the process died or ~10 s
+    passed (False)."""
+    async with aiohttp.ClientSession() as s:
+        for _ in range(200):
+            try:
+                async with s.get(admin_url + "/healthz") as r:
+                    if r.status == 200:
+                        return True
+            except aiohttp.ClientConnectionError:
+                pass
+            if proc.returncode is not None:
+                return False
+            await asyncio.sleep(0.05)
+    return False

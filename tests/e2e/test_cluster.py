@@ -10,11 +10,8 @@ redis-server binary can be found: scripts/test installs Debian's package.
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import signal
-import socket
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -25,7 +22,7 @@ import pytest
 import redis.asyncio as redis
 
 from tests.conftest import FakeClock
-from tests.e2e.harness import Reply, ScriptedOrigin
+from tests.e2e.harness import Reply, ScriptedOrigin, free_port, spawn_serve
 
 REDIS = shutil.which("redis-server")
 
@@ -55,12 +52,6 @@ cluster:
 
 HOST = "shop.example"
 MAX_AGE = {"Cache-Control": "max-age=600"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def poll(check: Callable[[], Awaitable[bool]], what: str, tries: int = 200) -> None:
@@ -157,20 +148,8 @@ class Edge:
         return f"http://127.0.0.1:{self.admin}"
 
     async def start(self) -> None:
-        env = {k: v for k, v in os.environ.items() if k != "EDGEPROXY_ADMIN_TOKEN"}
         with open(self.log, "ab") as err:  # noqa: ASYNC230 (a test's own log file)
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "edgeproxy",
-                "serve",
-                "--config",
-                str(self.path),
-                "--no-watch",
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=err,
-                env=env,
-            )
+            self.proc = await spawn_serve(self.path, "--no-watch", stderr=err)
         async with aiohttp.ClientSession() as s:
 
             async def up() -> bool:

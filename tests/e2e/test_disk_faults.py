@@ -24,7 +24,6 @@ import asyncio
 import os
 import re
 import resource
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -38,8 +37,7 @@ from edgeproxy.policy.entry import Entry
 from edgeproxy.store.base import Degraded, health_of
 from edgeproxy.store.disk import BACKOFF_MIN, DiskStore
 from tests.conftest import FakeClock
-from tests.e2e.harness import Reply, ScriptedOrigin
-from tests.e2e.test_reload import free_port
+from tests.e2e.harness import Reply, ScriptedOrigin, free_port, spawn_serve, wait_healthy
 
 pytestmark = pytest.mark.no_blockbuster  # drives a subprocess and files by hand
 
@@ -92,36 +90,11 @@ class EdgeProc:
         return self.proc.pid
 
     async def start(self, preexec: Callable[[], None] | None = None) -> None:
-        env = {k: v for k, v in os.environ.items() if k != "EDGEPROXY_ADMIN_TOKEN"}
         self.log = ""
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "edgeproxy",
-            "serve",
-            "--workers",
-            "1",
-            "--no-watch",
-            "--config",
-            str(self.config),
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-            env=env,
-            preexec_fn=preexec,
-        )
+        self.proc = await spawn_serve(self.config, "--no-watch", preexec=preexec)
         self._drain = asyncio.get_running_loop().create_task(self._read(self.proc))
-        async with aiohttp.ClientSession() as s:
-            for _ in range(200):  # up to ~10 s to come up
-                try:
-                    async with s.get(self.admin_url + "/healthz") as r:
-                        if r.status == 200:
-                            return
-                except aiohttp.ClientConnectionError:
-                    pass
-                if self.proc.returncode is not None:
-                    break
-                await asyncio.sleep(0.05)
-        raise AssertionError(f"edgeproxy did not start:\n{self.log}")
+        if not await wait_healthy(self.admin_url, self.proc):
+            raise AssertionError(f"edgeproxy did not start:\n{self.log}")
 
     async def _read(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stderr is not None

@@ -7,10 +7,7 @@ are scripted in the test process. Every wait is bounded.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import socket
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,7 +15,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import FakeClock
-from tests.e2e.harness import Reply, ScriptedOrigin
+from tests.e2e.harness import Reply, ScriptedOrigin, free_port, spawn_serve, wait_healthy
 
 CONFIG = """\
 listen: 127.0.0.1:{port}
@@ -32,12 +29,6 @@ routes:
     origin: {target}
     cache: off
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Edge:
@@ -66,31 +57,9 @@ class Edge:
         return f"http://127.0.0.1:{self.admin}"
 
     async def start(self, *flags: str) -> None:
-        env = {k: v for k, v in os.environ.items() if k != "EDGEPROXY_ADMIN_TOKEN"}
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "edgeproxy",
-            "serve",
-            "--workers",
-            "1",
-            "--config",
-            str(self.path),
-            *flags,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-            env=env,
-        )
-        async with aiohttp.ClientSession() as s:
-            for _ in range(200):  # up to ~10 s to come up
-                try:
-                    async with s.get(self.admin_url + "/healthz") as r:
-                        if r.status == 200:
-                            return
-                except aiohttp.ClientConnectionError:
-                    pass
-                await asyncio.sleep(0.05)
-        raise AssertionError("edgeproxy did not start")
+        self.proc = await spawn_serve(self.path, *flags)
+        if not await wait_healthy(self.admin_url, self.proc):
+            raise AssertionError("edgeproxy did not start")
 
     async def stop(self) -> str:
         assert self.proc is not None
