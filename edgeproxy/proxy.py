@@ -39,7 +39,6 @@ from edgeproxy.accesslog import (
     REQUEST_ID,
     AccessRecord,
     access_log,
-    cache_outcome,
     emit,
     request_id,
 )
@@ -125,16 +124,17 @@ async def handle(request: web.Request) -> web.StreamResponse:
             from_store,
         )
         edge.outcomes[cache] += 1
+        nbytes = _body_bytes(request, sent)
         edge.metrics.served(
             route_name,
             request.method,
             cache,
             byte_source(from_store, isinstance(sent, RelayedResponse)),
-            _body_bytes(request, sent),
+            nbytes,
         )
         # The line is built only when someone reads it.
         if snap.config.log.access_log and access_log.isEnabledFor(logging.INFO):
-            record = _access_record(request, at, started, rid, route_name, ctx, resp)
+            record = _access_record(request, at, started, rid, route_name, ctx, sent, cache, nbytes)
             emit(record, snap.config.log.access_format)
 
 
@@ -182,16 +182,14 @@ def _access_record(
     rid: str,
     route: str | None,
     ctx: _Exchange | None,
-    resp: web.StreamResponse | None,
+    sent: web.StreamResponse | None,
+    cache: str,
+    nbytes: int,
 ) -> AccessRecord:
-    if resp is None and ctx is not None:
-        resp = ctx.sent  # an exception after the head: what the client got
-    status = resp.status if resp is not None else 500  # else aiohttp answers 500
-    cs = ctx.cache_status if ctx is not None else None
-    if resp is None:
-        cache = "error"
-    else:
-        cache = cache_outcome(cs, status, ctx is not None and ctx.from_store)
+    """`sent`, `cache` and `nbytes` as `handle` worked them out once for the
+    metrics too: what the client got (after an exception past the head, the
+    response already sent), its outcome, its body bytes."""
+    status = sent.status if sent is not None else 500  # else aiohttp answers 500
     headers = request.headers
     return AccessRecord(
         time=at,
@@ -199,7 +197,7 @@ def _access_record(
         method=request.method,
         url=request.raw_path,
         status=status,
-        bytes=_body_bytes(request, resp),
+        bytes=nbytes,
         duration_ms=round((time.monotonic() - started) * 1000, 3),
         cache=cache,
         route=route,
