@@ -7,6 +7,7 @@ never shared across hosts.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from urllib.parse import unquote_plus
 
@@ -16,6 +17,7 @@ from edgeproxy.http.vary import normalise
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
+@functools.lru_cache(maxsize=4096)  # an edge serves few hosts; bounded all the same
 def normalise_host(host: str, scheme: str) -> str:
     """Host[:port] in the URI normal form of RFC 3986 section 6.2.2-6.2.3.
 
