@@ -45,6 +45,12 @@ class Entry:
     # (dataclasses.replace) starts a new entry with these unset.
     _cc: CacheControl | None = field(default=None, init=False, repr=False, compare=False)
     _date: float | None = field(default=None, init=False, repr=False, compare=False)
+    # policy/freshness.py's, for the same reason: the corrected initial age
+    # (fixed per entry) and the lifetime under the policy it was worked out for.
+    _initial_age: float | None = field(default=None, init=False, repr=False, compare=False)
+    _lifetime: tuple[object, float] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     @property
     def cache_control(self) -> CacheControl:

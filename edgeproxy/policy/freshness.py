@@ -39,11 +39,15 @@ def freshness_lifetime(entry: Entry, policy: CachePolicy) -> float:
     """
     if policy.force_ttl is not None:
         return policy.force_ttl
+    memo = entry._lifetime  # a hot entry's hits ask several times each
+    if memo is not None and memo[0] is policy:
+        return memo[1]
     lifetime = _origin_lifetime(entry, policy)
     if lifetime is None:
         lifetime = policy.default_ttl if policy.default_ttl is not None else 0.0
     if policy.max_ttl is not None:
         lifetime = min(lifetime, policy.max_ttl)
+    object.__setattr__(entry, "_lifetime", (policy, lifetime))
     return lifetime
 
 
@@ -81,11 +85,14 @@ def heuristic_lifetime(entry: Entry, policy: CachePolicy) -> float | None:
 
 def current_age(entry: Entry, now: float) -> float:
     """Section 4.2.3, all of it: Age received, response delay and resident time."""
-    age_value = _age_value(entry.fields.get("age"))
-    apparent_age = max(0.0, entry.response_time - entry.date)
-    response_delay = max(0.0, entry.response_time - entry.request_time)
-    corrected_age_value = age_value + response_delay
-    corrected_initial_age = max(apparent_age, corrected_age_value)
+    corrected_initial_age = entry._initial_age  # fixed per entry: worked out once
+    if corrected_initial_age is None:
+        age_value = _age_value(entry.fields.get("age"))
+        apparent_age = max(0.0, entry.response_time - entry.date)
+        response_delay = max(0.0, entry.response_time - entry.request_time)
+        corrected_age_value = age_value + response_delay
+        corrected_initial_age = max(apparent_age, corrected_age_value)
+        object.__setattr__(entry, "_initial_age", corrected_initial_age)
     resident_time = max(0.0, now - entry.response_time)
     return corrected_initial_age + resident_time
 

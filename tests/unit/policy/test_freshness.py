@@ -108,6 +108,26 @@ def test_route_overrides(policy: CachePolicy, fields: dict[str, str], expected: 
     assert freshness_lifetime(make_entry(fields), policy) == expected
 
 
+def test_lifetime_memo_follows_the_policy() -> None:
+    """The lifetime is kept with the entry per policy: a reload's new policy
+    (another object) is worked out anew, and so is a changed entry."""
+    entry = make_entry({"Cache-Control": "max-age=10"})
+    assert freshness_lifetime(entry, DEFAULT) == 10
+    assert freshness_lifetime(entry, CachePolicy(max_ttl=5)) == 5
+    assert freshness_lifetime(entry, CachePolicy(force_ttl=7)) == 7
+    assert freshness_lifetime(entry, DEFAULT) == 10
+    changed = entry.with_changes(fields=make_entry({"Cache-Control": "max-age=3"}).fields)
+    assert freshness_lifetime(changed, DEFAULT) == 3
+
+
+def test_age_memo_is_per_entry() -> None:
+    """The corrected initial age is fixed per entry; resident time is not."""
+    entry = make_entry({"Age": "5"}, request_time=T0, response_time=T0, date=T0)
+    assert current_age(entry, T0) == 5
+    assert current_age(entry, T0 + 10) == 15
+    assert current_age(entry.with_changes(response_time=T0 + 10), T0 + 10) == 15
+
+
 # -- heuristic_lifetime: section 4.2.2 ------------------------------------------
 
 # (id, status, fields, Date, policy, expected)
