@@ -136,6 +136,10 @@ class CacheConfig:
     # worker: total bytes (0 turns it off) and the largest body it keeps.
     memory_size: int = 64 << 20
     memory_max_object: int = 256 << 10
+    # Fresh hot-tier hits answered by the listener's protocol before aiohttp
+    # (wire.py): same rules, a fraction of the cost. Off: every request
+    # goes through aiohttp and proxy.handle.
+    fast_path: bool = True
     # Edge compression (policy/transform.py, compress.py): the `compress` block.
     compress: Compression = field(default_factory=Compression)
 
@@ -763,6 +767,7 @@ def _cache(r: _Reader, node: yaml.Node, path: str) -> CacheConfig:
         "strip_tags": (_bool, "true or false"),
         "memory_size": (parse_size, "a size such as 64MiB"),
         "memory_max_object": (parse_size, "a size such as 256KiB"),
+        "fast_path": (_bool, "true or false"),
     }
     values, m = r.table(node, path, fields, frozenset({"tag_headers", "compress"}))
     if "dir" in values:

@@ -30,7 +30,7 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
-from typing import assert_never
+from typing import NamedTuple, assert_never
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -44,10 +44,12 @@ from edgeproxy.accesslog import (
 )
 from edgeproxy.cachekey import normalise_host
 from edgeproxy.collapse import Flight, Refreshed, Released, Streaming
+from edgeproxy.config import Config, Route
 from edgeproxy.errors import EdgeError
 from edgeproxy.fill import Relay, store_log_level
 from edgeproxy.http.cache_status import CacheStatus, Fwd
 from edgeproxy.http.conditionals import Precondition, evaluate
+from edgeproxy.http.fields import Headers
 from edgeproxy.http.vary import matches
 from edgeproxy.metrics import byte_source, outcome
 from edgeproxy.policy.decide import (
@@ -123,19 +125,76 @@ async def handle(request: web.Request) -> web.StreamResponse:
             sent.status if sent is not None else None,
             from_store,
         )
-        edge.outcomes[cache] += 1
         nbytes = _body_bytes(request, sent)
-        edge.metrics.served(
+        source = byte_source(from_store, isinstance(sent, RelayedResponse))
+        account(
+            edge,
+            snap,
             route_name,
             request.method,
             cache,
-            byte_source(from_store, isinstance(sent, RelayedResponse)),
+            source,
             nbytes,
+            lambda: _access_record(request, at, started, rid, route_name, ctx, sent, cache, nbytes),
         )
-        # The line is built only when someone reads it.
-        if snap.config.log.access_log and access_log.isEnabledFor(logging.INFO):
-            record = _access_record(request, at, started, rid, route_name, ctx, sent, cache, nbytes)
-            emit(record, snap.config.log.access_format)
+
+
+def account(
+    edge: EdgeState,
+    snap: Snapshot,
+    route: str | None,
+    method: str,
+    cache: str,
+    source: str,
+    nbytes: int,
+    record: Callable[[], AccessRecord],
+) -> None:
+    """One answered request in the outcome counts, the metrics and the
+    access log (the line is built only when someone reads it)."""
+    edge.outcomes[cache] += 1
+    edge.metrics.served(route, method, cache, source, nbytes)
+    log_cfg = snap.config.log
+    if log_cfg.access_log and access_log.isEnabledFor(logging.INFO):
+        emit(record(), log_cfg.access_format)
+
+
+class Located(NamedTuple):
+    """Where a request goes: its normalised host, origin-form target, route."""
+
+    host: str
+    target: str
+    route: Route | None  # None: no route serves it
+    absolute: bool  # the target came in absolute-form
+
+
+def locate(cfg: Config, target: str, host: str | None) -> Located | str:
+    """The request's host, target and route, or why it is refused (a 400's
+    reason). The one reading of a request's address, for both the aiohttp
+    handler and the wire fast path (wire.py)."""
+    absolute = not target.startswith("/")
+    if absolute:
+        absolute_form = _absolute_form(target, host)
+        if isinstance(absolute_form, str):
+            return absolute_form
+        host, target = absolute_form
+    if not host:
+        return "missing Host header (RFC 9112 section 3.2)"
+    # One normalised view for routing, the key and X-Forwarded-Host, so a
+    # request can't be keyed as one URL and described upstream as another.
+    # An invalid Host is a 400 (RFC 9112 section 3.2): a bare uri-host
+    # (reg-name, IPv4, IP-literal) and an optional port, nothing else.
+    if not _VALID_HOST.fullmatch(host):
+        return "invalid Host (RFC 9112 section 3.2)"
+    host = normalise_host(host, "http")
+    return Located(host, target, None, absolute)
+
+
+def select(cfg: Config, at: Located, method: str) -> Located:
+    path = at.target.partition("?")[0]
+    return at._replace(route=select_route(cfg.routes, cfg.default_route, at.host, path, method))
+
+
+_VALID_HOST = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]+)(?::[0-9]*)?")
 
 
 async def _route(
@@ -143,32 +202,18 @@ async def _route(
 ) -> _Exchange | tuple[web.StreamResponse, str | None]:
     """The exchange for a routed request, or the answer (and route name, if
     any) for one the edge answers itself."""
-    target = request.raw_path
-    host = request.headers.get("Host")
-    absolute = not target.startswith("/")
-    if absolute:
-        absolute_form = _absolute_form(target, host)
-        if isinstance(absolute_form, str):
-            return _refuse(f"Bad Request: {absolute_form}\n"), None
-        host, target = absolute_form
-    if not host:
-        return _refuse("Bad Request: missing Host header (RFC 9112 section 3.2)\n"), None
-    # One normalised view for routing, the key and X-Forwarded-Host, so a
-    # request can't be keyed as one URL and described upstream as another.
-    # An invalid Host is a 400 (RFC 9112 section 3.2): a bare uri-host
-    # (reg-name, IPv4, IP-literal) and an optional port, nothing else.
-    if not re.fullmatch(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]+)(?::[0-9]*)?", host):
-        return _refuse("Bad Request: invalid Host (RFC 9112 section 3.2)\n"), None
-    host = normalise_host(host, "http")
     cfg = snap.config
+    at = locate(cfg, request.raw_path, request.headers.get("Host"))
+    if isinstance(at, str):
+        return _refuse(f"Bad Request: {at}\n"), None
     if request.method == "PURGE" and cfg.admin.purge_method:
-        return await handle_purge(request, edge, host, target), None
-    path = target.partition("?")[0]
-    route = select_route(cfg.routes, cfg.default_route, host, path, request.method)
+        return await handle_purge(request, edge, at.host, at.target), None
+    host, target, route, absolute = select(cfg, at, request.method)
     if route is None and absolute:
         # Not ours: an edge is no forward proxy for other hosts.
         return _refuse(f"Bad Request: {bare_host(host)} is not served here\n"), None
     if route is None:
+        path = target.partition("?")[0]
         return text_response(404, f"Not Found: no route matches {bare_host(host)}{path}\n"), None
     if route.origin is None:
         return text_response(404, f"Not Found: route {route.name!r} has no origin\n"), route.name
@@ -190,21 +235,43 @@ def _access_record(
     metrics too: what the client got (after an exception past the head, the
     response already sent), its outcome, its body bytes."""
     status = sent.status if sent is not None else 500  # else aiohttp answers 500
-    headers = request.headers
+    version = f"HTTP/{request.version.major}.{request.version.minor}"
+    return access_record(
+        (at, started),
+        (request.remote, request.method, request.raw_path, version, request.headers),
+        (rid, route, status, cache, nbytes),
+        (ctx.origin_status, ctx.origin_ms) if ctx is not None else (None, None),
+    )
+
+
+def access_record(
+    times: tuple[float, float],
+    asked: tuple[str | None, str, str, str, Headers],
+    answered: tuple[str, str | None, int, str, int],
+    origin: tuple[int | None, float | None] = (None, None),
+) -> AccessRecord:
+    """One request's access-log record, from both paths (here and wire.py):
+    `times` (its HTTP-clock start, its monotonic start), what was `asked`
+    (client address, method, target, version, fields), how it was
+    `answered` (request id, route, status, cache outcome, body bytes), and
+    the `origin`'s status and time to its head, if it went there."""
+    at, started = times
+    client, method, url, version, headers = asked
+    rid, route, status, cache, nbytes = answered
     return AccessRecord(
         time=at,
-        client=request.remote,
-        method=request.method,
-        url=request.raw_path,
+        client=client,
+        method=method,
+        url=url,
         status=status,
         bytes=nbytes,
         duration_ms=round((time.monotonic() - started) * 1000, 3),
         cache=cache,
         route=route,
-        origin_status=ctx.origin_status if ctx is not None else None,
-        origin_ms=ctx.origin_ms if ctx is not None else None,
+        origin_status=origin[0],
+        origin_ms=origin[1],
         request_id=rid,
-        version=f"HTTP/{request.version.major}.{request.version.minor}",
+        version=version,
         referer=headers.get("Referer"),
         user_agent=headers.get("User-Agent"),
     )

@@ -17,10 +17,11 @@ from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.http_parser import HttpRequestParserPy, RawRequestMessage
 from aiohttp.web_request import BaseRequest
 
-from edgeproxy import origin, proxy
+from edgeproxy import origin, proxy, wire
 from edgeproxy.admin import AdminSetupError, build_admin_app, check_bind, read_token
 from edgeproxy.cluster import Cluster
 from edgeproxy.config import Config, Limits
+from edgeproxy.http.request_head import parse_request_head
 from edgeproxy.metrics import Metrics
 from edgeproxy.reload import Loader, Reloader
 from edgeproxy.state import EDGE, EdgeState, Snapshot
@@ -217,6 +218,8 @@ class _AnyMethodProtocol(web_protocol.RequestHandler):
         )
         self._parser = self._strict
         self._refused: asyncio.TimerHandle | None = None  # set: over the connection cap
+        self._edge: EdgeState | None = None  # set: the wire fast path may answer (wire.py)
+        self._client: str | None = None  # the peer's address, for the access log
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         cap = self._limits.max_connections
@@ -225,6 +228,11 @@ class _AnyMethodProtocol(web_protocol.RequestHandler):
             self._refuse_connection(cast(asyncio.Transport, transport), manager, cap)
             return
         super().connection_made(transport)
+        self._edge = getattr(manager, "edge", _no_edge)()
+        if self._edge is not None:
+            peer = transport.get_extra_info("peername")
+            # As aiohttp's request.remote reads it.
+            self._client = str(peer[0]) if isinstance(peer, list | tuple) else None
 
     def _refuse_connection(self, transport: asyncio.Transport, manager: Any, cap: int) -> None:
         """503 (RFC 9110 section 15.6.4) on a connection past the cap; never
@@ -255,6 +263,10 @@ class _AnyMethodProtocol(web_protocol.RequestHandler):
     def data_received(self, data: bytes) -> None:
         if self._refused is not None:
             return  # whatever a refused client sends is dropped
+        if self._edge is not None and self._idle():
+            data = self._answer_on_wire(self._edge, data)
+            if not data:
+                return
         super().data_received(data)
         if self._force_close or self._close or self.transport is None:
             self._cancel_timers()
@@ -273,6 +285,69 @@ class _AnyMethodProtocol(web_protocol.RequestHandler):
             self._body_timer = None
         if self._strict.body_pending():  # reset by every byte: an idle gap, not a total
             self._body_timer = loop.call_later(self._limits.body_timeout, self._body_timed_out)
+
+    def _idle(self) -> bool:
+        """Between requests: aiohttp has finished the last one it was given
+        (its response is written), holds no part of another, and the client
+        reads what we write. aiohttp's own task may not have come back for
+        the next request yet (a task resumes a loop turn later): what is left
+        for it to do then is keep-alive bookkeeping, or closing a connection
+        whose last response said so; a response written meanwhile goes out
+        before the close."""
+        return (
+            not self._messages
+            and not self._request_in_progress
+            and self._payload_parser is None
+            and not self._upgraded
+            and not self._force_close
+            and not self._close
+            and not self._paused
+            and not self._strict.head_pending()
+            and self.transport is not None
+        )
+
+    def _answer_on_wire(self, edge: EdgeState, data: bytes) -> bytes:
+        """Write the answers wire.answer has for the complete heads at the
+        start of `data`; the rest (from the first head it leaves, or a
+        partial one) is returned for aiohttp, which reads it as if it had
+        come alone. Writing stops when the transport asks us to pause: the
+        rest then waits on aiohttp's flow control."""
+        lim = self._limits
+        transport = self.transport
+        assert transport is not None
+        start = 0
+        while start < len(data):
+            head = parse_request_head(
+                data, start, lim.max_request_line, lim.max_header_size, lim.max_headers
+            )
+            if head is None:
+                break
+            try:
+                out = wire.answer(edge, head, self._client)
+            except Exception:
+                # A bug here must not cost the request: the full path takes it.
+                log.exception(
+                    "wire fast path failed on %s; answering it the usual way", head.target
+                )
+                out = None
+            if out is None:
+                break
+            transport.write(out)
+            start = head.end
+            if self._paused:
+                break
+        if not start:
+            return data
+        # Requests answered here count for keep-alive as aiohttp's do.
+        if self._keepalive_timeout > 0:
+            close_at = self._loop.time() + self._keepalive_timeout
+            self._next_keepalive_close_time = close_at
+            if self._keepalive_handle is None:
+                self._keepalive_handle = self._loop.call_at(close_at, self._process_keepalive)
+        manager = self._manager
+        if manager is not None:
+            manager.requests_count += 1
+        return data[start:]
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
@@ -344,8 +419,13 @@ class _AnyMethodProtocol(web_protocol.RequestHandler):
         return resp
 
 
+def _no_edge() -> EdgeState | None:
+    return None
+
+
 class _AnyMethodServer(web.Server):
     limits: Callable[[], Limits] = Limits
+    edge: Callable[[], EdgeState | None] = staticmethod(_no_edge)
 
     def __call__(self) -> web_protocol.RequestHandler:
         return _AnyMethodProtocol(self, loop=self._loop, limits=self.limits(), **self._kwargs)
@@ -361,7 +441,12 @@ class _Runner(web.AppRunner):
             # Read per connection: a reload applies to new connections.
             return app[EDGE].snapshot.config.limits if EDGE in app else Limits()
 
+        def edge() -> EdgeState | None:
+            # The proxy's state once it started; other apps (test origins): none.
+            return app.get(EDGE)
+
         server.limits = limits  # type: ignore[attr-defined]
+        server.edge = edge  # type: ignore[attr-defined]
         return server
 
 

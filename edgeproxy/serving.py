@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from typing import cast
 
 import aiohttp
 from aiohttp import web
@@ -226,20 +227,7 @@ class Responder(ExchangeState):
         return await self._start(status, headers, length, coalesce)
 
     def _finish_fields(self, headers: CIMultiDict[str], via: bool) -> None:
-        """What every response gets after its own fields: strips, Via, route edits."""
-        cache = self.cfg.cache
-        if cache.strip_targeted:
-            # Directives meant for us, not for caches downstream (RFC 9213 section 3 MAY).
-            for name in self.policy.targeted:
-                headers.popall(name, None)
-        if cache.strip_tags:
-            # Surrogate keys are the origin's purge handles, not the client's business.
-            for name in cache.tag_headers:
-                headers.popall(name, None)
-        if via:
-            headers.add("Via", via_value(self._version(), self.cfg.via))
-        if self.route.response_headers:
-            apply_edits(headers, self.route.response_headers)
+        finish_fields(headers, self.snap, self.route, self._version(), via)
 
     async def _start(
         self, status: int, headers: CIMultiDict[str], length: int | None, coalesce: bool = False
@@ -283,38 +271,9 @@ class Responder(ExchangeState):
     def _stored_template(
         self, entry: Entry, status: int, validated: bool
     ) -> CIMultiDict[str] | None:
-        """A stored response's head fields with Age, Cache-Status and the request
-        id as placeholders, kept with the hot entry per snapshot, route, HTTP
-        version and kind; None when the route's edits or strips name one of
-        those (they must then be applied after them, in order)."""
-        prebuilt = getattr(self.edge.store, "prebuilt", None)
-        templates: _Templates = {} if prebuilt is None else prebuilt(entry, _new_templates)
-        slot = (id(self.snap), id(self.route), self._version(), status, validated)
-        kept = templates.get(slot)
-        if kept is not None and kept[0] is self.snap and kept[1] is self.route:
-            return kept[2]
-        headers: CIMultiDict[str] | None = _stored_fields(entry, status, 0, validated)
-        assert headers is not None
-        headers["Cache-Status"] = ""
-        headers[REQUEST_ID] = ""
-        self._finish_fields(headers, via=True)
-        if not _TEMPLATE_FIELDS.isdisjoint(name.lower() for name in self._edited_names()):
-            headers = None
-        if len(templates) >= 8:  # one per route, version and kind; reloads add more
-            templates.clear()
-        templates[slot] = (self.snap, self.route, headers)
-        return headers
-
-    def _edited_names(self) -> list[str]:
-        """Every field name the route's edits or the strips touch."""
-        edits = self.route.response_headers
-        cache = self.cfg.cache
-        names = [*edits.remove, *(n for n, _ in edits.set), *(n for n, _ in edits.add)]
-        if cache.strip_targeted:
-            names += self.policy.targeted
-        if cache.strip_tags:
-            names += cache.tag_headers
-        return names
+        return stored_template(
+            self.edge.store, self.snap, self.route, self._version(), entry, status, validated
+        )
 
     def respond_text(self, status: int, text: str, cs: CacheStatus) -> web.Response:
         self.cache_status, self.from_store = cs, False
@@ -339,13 +298,89 @@ class Responder(ExchangeState):
         return resp
 
 
+def finish_fields(
+    headers: CIMultiDict[str], snap: Snapshot, route: Route, version: tuple[int, int], via: bool
+) -> None:
+    """What every response gets after its own fields: strips, Via, route edits."""
+    cache = snap.config.cache
+    if cache.strip_targeted:
+        # Directives meant for us, not for caches downstream (RFC 9213 section 3 MAY).
+        for name in route.policy.targeted:
+            headers.popall(name, None)
+    if cache.strip_tags:
+        # Surrogate keys are the origin's purge handles, not the client's business.
+        for name in cache.tag_headers:
+            headers.popall(name, None)
+    if via:
+        headers.add("Via", via_value(version, snap.config.via))
+    if route.response_headers:
+        apply_edits(headers, route.response_headers)
+
+
+def stored_template(
+    store: object,
+    snap: Snapshot,
+    route: Route,
+    version: tuple[int, int],
+    entry: Entry,
+    status: int,
+    validated: bool,
+) -> CIMultiDict[str] | None:
+    """A stored response's head fields with Age, Cache-Status and the request
+    id as placeholders, kept with the hot entry per snapshot, route, HTTP
+    version and kind; None when the route's edits or strips name one of
+    those (they must then be applied after them, in order)."""
+    templates = prebuilt_for(store, entry)
+    slot = (id(snap), id(route), version, status, validated)
+    kept = templates.get(slot)
+    if kept is not None and kept[0] is snap and kept[1] is route:
+        return cast("CIMultiDict[str] | None", kept[2])
+    headers: CIMultiDict[str] | None = _stored_fields(entry, status, 0, validated)
+    assert headers is not None
+    headers["Cache-Status"] = ""
+    headers[REQUEST_ID] = ""
+    finish_fields(headers, snap, route, version, via=True)
+    if not _TEMPLATE_FIELDS.isdisjoint(name.lower() for name in _edited_names(snap, route)):
+        headers = None
+    keep(templates, slot, (snap, route, headers))
+    return headers
+
+
+def prebuilt_for(store: object, entry: Entry) -> Templates:
+    """The hot entry's table of prebuilt heads (TieredStore.prebuilt), or a
+    fresh one nobody keeps when the store has no hot tier."""
+    prebuilt = getattr(store, "prebuilt", None)
+    return {} if prebuilt is None else cast(Templates, prebuilt(entry, _new_templates))
+
+
+def keep(
+    templates: Templates, slot: tuple[object, ...], value: tuple[Snapshot, Route, object]
+) -> None:
+    if len(templates) >= 8:  # one per route, version and kind; reloads add more
+        templates.clear()
+    templates[slot] = value
+
+
+def _edited_names(snap: Snapshot, route: Route) -> list[str]:
+    """Every field name the route's edits or the strips touch."""
+    edits = route.response_headers
+    cache = snap.config.cache
+    names = [*edits.remove, *(n for n, _ in edits.set), *(n for n, _ in edits.add)]
+    if cache.strip_targeted:
+        names += route.policy.targeted
+    if cache.strip_tags:
+        names += cache.tag_headers
+    return names
+
+
 # Fields a stored response's head sets per request (the rest is a template).
 _TEMPLATE_FIELDS = frozenset({"age", "cache-status", REQUEST_ID.lower()})
 
-_Templates = dict[tuple[object, ...], tuple[Snapshot, Route, CIMultiDict[str] | None]]
+# Per hot entry: slot -> (snapshot, route, what was built for them).
+Templates = dict[tuple[object, ...], tuple[Snapshot, Route, object]]
 
 
-def _new_templates(entry: Entry) -> _Templates:
+def _new_templates(entry: Entry) -> Templates:
     """TieredStore.prebuilt's builder: the entry's (empty) template table."""
     return {}
 

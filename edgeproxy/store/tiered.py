@@ -184,6 +184,19 @@ class TieredStore:
                 self._mem.put_entries(key, h, found)
         return found
 
+    def hot_entries(self, key: str) -> list[Entry] | None:
+        """What `lookup` would answer from memory, without waiting or
+        counting; None when the key isn't hot (the wire fast path, wire.py,
+        then leaves the request to the full path). Records published by any
+        worker are applied first, as for every read."""
+        self._sync()
+        return self._mem.entries(key)
+
+    def hot_body(self, entry: Entry) -> Body | None:
+        """The body `open_body` would return from memory, or None."""
+        self._sync()
+        return self._mem.body(entry.key, entry.variant)
+
     async def open_body(self, entry: Entry) -> Body | None:
         self._sync()
         hot = self._mem.body(entry.key, entry.variant)

@@ -1,13 +1,56 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import aiohttp
 import pytest
 
 from tests.conftest import FakeClock
+from tests.e2e import harness
 from tests.e2e.harness import Proxy, ScriptedOrigin, make_config
+
+# A hit has two implementations: the wire fast path (edgeproxy/wire.py) and
+# aiohttp's handler (proxy.handle). Every test in these modules runs on both
+# ([wire] and [aiohttp] in its id): the rules must not depend on the path.
+BOTH_HIT_PATHS = frozenset(
+    {
+        "test_access_log",
+        "test_admin_purge",
+        "test_cdn_cache_control",
+        "test_collapsing",
+        "test_compression",
+        "test_conditionals",
+        "test_core_flow",
+        "test_fast_path",
+        "test_invalidation",
+        "test_metrics",
+        "test_poisoning",
+        "test_purge_method",
+        "test_ranges",
+        "test_routing",
+        "test_serving",
+        "test_stale",
+        "test_storing",
+        "test_validation",
+        "test_wire",
+    }
+)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if metafunc.module.__name__.rpartition(".")[2] in BOTH_HIT_PATHS:
+        metafunc.parametrize("hit_path", ["wire", "aiohttp"], indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def hit_path(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Which path answers hits in the proxies this test starts in-process
+    (harness.Proxy); "aiohttp" turns `cache.fast_path` off in them."""
+    path: str = getattr(request, "param", "wire")
+    harness.FAST_PATH = path == "wire"
+    yield path
+    harness.FAST_PATH = True
 
 
 @pytest.fixture

@@ -27,6 +27,10 @@ from edgeproxy.config import CacheConfig, Config, OriginConfig, default_route
 from edgeproxy.http.dates import format_http_date
 from edgeproxy.server import build_app, make_runner
 
+# False: proxies started here answer every request through aiohttp (the
+# `hit_path` fixture in conftest.py sets it per test).
+FAST_PATH = True
+
 
 @dataclass
 class Received:
@@ -137,6 +141,9 @@ class Proxy:
         self.server: TestServer | None = None
 
     async def start(self) -> None:
+        if not FAST_PATH and self.config.cache.fast_path:
+            cache = replace(self.config.cache, fast_path=False)
+            self.config = replace(self.config, cache=cache)
         app = build_app(self.config, clock=self.clock)
         self.server = ProductionTestServer(app, host="127.0.0.1", port=0)
         await self.server.start_server()

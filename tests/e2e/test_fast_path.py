@@ -1,11 +1,12 @@
 """The hot hit path answers exactly as the disk path does.
 
 A hit from the per-worker hot tier (store/tiered.py) is answered from a
-per-entry header template (proxy._send_stored_head: only Age, Cache-Status
-and the request id are set per request); with `memory_size: 0` every hit is
-built field by field from the disk store. Each scenario below runs against
-both, and the heads must agree field for field (order included), apart
-from the request id (fresh per request). The rules checked on the way:
+per-entry header template (serving._send_stored_head: only Age, Cache-Status
+and the request id are set per request), by the wire fast path (wire.py) or,
+with `fast_path: false` (the [aiohttp] runs), by aiohttp's handler; with
+`memory_size: 0` every hit is built field by field from the disk store.
+Each scenario below runs against both, and the heads must agree field for
+field (order included), apart from the request id (fresh per request). The rules checked on the way:
 freshness and Age (RFC 9111 sections 4.2, 5.1), request Cache-Control
 (5.2.1), Vary (4.1), client conditionals (RFC 9110 section 13: 304 with the
 15.4.5 fields, 412), Range (14), qualified no-cache (RFC 9111 5.2.2.4),
@@ -84,12 +85,16 @@ async def test_hot_and_disk_paths_answer_alike(
     client: aiohttp.ClientSession,
     clock: FakeClock,
     tmp_path: Any,
+    hit_path: str,
 ) -> None:
     start = clock.now
     hot = await make_proxy(origin_url(obj_origin), cache_dir=str(tmp_path / "hot"))
     assert isinstance(hot.app[EDGE].store, TieredStore)
     hot_seen = await run_scenarios(client, hot, clock)
     hot_hits = hot.app[EDGE].store.memory_stats()["memory_hits"]
+    # [wire]: the hot hits went the wire fast path (wire.py); [aiohttp]: none did.
+    wire_hits = hot.app[EDGE].counters["wire_hits"]
+    assert wire_hits >= 3 if hit_path == "wire" else wire_hits == 0, wire_hits
     hot_origin = obj_origin.hits("/obj")
     clock.now = start
     disk = await make_proxy(origin_url(obj_origin), cache_dir=str(tmp_path / "disk"), memory_size=0)

@@ -1,0 +1,212 @@
+"""The wire fast path: fresh hot-tier hits answered in the protocol, before aiohttp.
+
+A hit that the hot tier (store/tiered.py) can answer whole from memory
+costs aiohttp's request and response objects, its router and its writer
+several times what the cache's own rules cost. So the public listener's
+protocol (server._AnyMethodProtocol) first offers each complete request
+head to `answer` here, and writes the bytes it returns; anything it returns
+None for goes, unread, to aiohttp and the full path (proxy.handle), which
+then reads the very same head.
+
+It answers only when the full path would answer exactly the same way from
+the same hot entry, by calling the same functions in the same order:
+`proxy.locate`/`select` (Host, route), `route_key`, `decide` (RFC 9111
+section 4: Vary, freshness, request Cache-Control; RFC 9110 section 13:
+the client's conditionals), `evaluate_range` (a Range is left to the full
+path), the per-entry head template (`serving.stored_template`), and
+`proxy.account` (outcome counts, metrics, access log line). What it takes:
+
+- a plain HTTP/1.1 GET or HEAD head (http/request_head.py), on an idle
+  keep-alive connection that isn't paused for writing;
+- a routed, caching route, and a key whose variants are in the hot tier
+  with, for a GET, the body too;
+- a fresh `Serve` decision whose outcome is the stored response or a 304
+  (a 412, anything stale, a miss or a Range: the full path).
+
+The head it writes is the template aiohttp would be given, serialised as
+aiohttp serialises it (tests/e2e/test_fast_path.py compares the two paths
+field by field, and the hit tests run on both paths: tests/e2e/conftest.py).
+`cache.fast_path: false` turns it off.
+"""
+
+from __future__ import annotations
+
+import time
+from http import HTTPStatus
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from edgeproxy.accesslog import REQUEST_ID, AccessRecord, request_id
+from edgeproxy.cachekey import route_key
+from edgeproxy.config import Route
+from edgeproxy.http.cache_control import request_cache_control
+from edgeproxy.http.cache_status import CacheStatus
+from edgeproxy.http.conditionals import Precondition
+from edgeproxy.http.ranges import IGNORE, evaluate_range
+from edgeproxy.http.request_head import RequestHead
+from edgeproxy.metrics import byte_source, outcome
+from edgeproxy.policy.decide import Request, Serve, decide
+from edgeproxy.policy.entry import Entry
+from edgeproxy.proxy import Located, access_record, account, locate, select
+from edgeproxy.serving import keep, prebuilt_for, stored_template
+from edgeproxy.state import EdgeState, Snapshot
+from edgeproxy.store.tiered import TieredStore
+
+_VERSION = (1, 1)
+_AGE, _STATUS, _ID = "age", "cache-status", REQUEST_ID.lower()
+_SOURCE = byte_source(True, True)  # as the full path counts a stored body
+
+
+class WireHead:
+    """A stored response's head as bytes, with the three per-request values
+    (Age, Cache-Status, request id) as gaps: `parts` are the bytes around
+    them, `order` which value goes in each gap."""
+
+    __slots__ = ("order", "parts")
+
+    def __init__(self, parts: list[bytes], order: list[int]) -> None:
+        self.parts = parts
+        self.order = order
+
+    def render(self, values: tuple[bytes, bytes, bytes]) -> bytes:
+        parts, order = self.parts, self.order
+        out = [parts[0]]
+        for i, which in enumerate(order):
+            out.append(values[which])
+            out.append(parts[i + 1])
+        return b"".join(out)
+
+
+def wire_head(template: CIMultiDict[str], status: int, length: int | None) -> WireHead | None:
+    """`template` as aiohttp would send it for `status` (`length`: the body's
+    Content-Length, None for a 304), or None if it would not send it as is:
+    aiohttp adds Date when there is none (and with its own clock), and
+    refuses CR or LF in a field."""
+    headers = CIMultiDict(template)
+    if length is not None:
+        headers["Content-Length"] = str(length)  # StreamResponse.content_length does this
+    if "Date" not in headers:
+        return None
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        return None
+    parts: list[bytes] = []
+    order: list[int] = []
+    text = f"HTTP/1.1 {status} {phrase}\r\n"
+    gaps = {_AGE: 0, _STATUS: 1, _ID: 2}
+    for name, value in headers.items():
+        if "\r" in name or "\n" in name or "\r" in value or "\n" in value:
+            return None
+        gap = gaps.get(name.lower())
+        if gap is None:
+            text += f"{name}: {value}\r\n"
+            continue
+        text += f"{name}: "
+        parts.append(text.encode("utf-8"))
+        order.append(gap)
+        text = "\r\n"
+    parts.append(text.encode("utf-8") + b"\r\n")
+    if sorted(order) != [0, 1, 2]:
+        return None
+    return WireHead(parts, order)
+
+
+def _wire_head(
+    store: TieredStore, snap: Snapshot, route: Route, entry: Entry, status: int
+) -> WireHead | None:
+    """The entry's WireHead for this snapshot, route and status, built once."""
+    templates = prebuilt_for(store, entry)
+    slot = ("wire", id(snap), id(route), status)
+    kept = templates.get(slot)
+    if kept is not None and kept[0] is snap and kept[1] is route:
+        return kept[2]  # type: ignore[return-value]
+    template = stored_template(store, snap, route, _VERSION, entry, status, False)
+    length = None if status == 304 else entry.body_size
+    built = None
+    if template is not None:
+        try:
+            built = wire_head(template, status, length)
+        except UnicodeEncodeError:  # aiohttp would fail on it too: the full path's
+            built = None
+    keep(templates, slot, (snap, route, built))
+    return built
+
+
+def answer(edge: EdgeState, head: RequestHead, client: str | None) -> bytes | None:
+    """The whole response to `head` (head and body), or None: the full path's."""
+    started = time.monotonic()
+    store = edge.store
+    if not isinstance(store, TieredStore):
+        return None
+    snap = edge.snapshot  # read once: this request keeps these rules
+    cfg = snap.config
+    if not cfg.cache.fast_path:
+        return None
+    at = edge.clock()
+    headers = CIMultiDictProxy(CIMultiDict(head.fields))
+    where = locate(cfg, head.target, headers.get("Host"))
+    if not isinstance(where, Located):
+        return None
+    method = head.method
+    host, target, route, _ = select(cfg, where, method)
+    if route is None or route.origin is None or not route.cache:
+        return None
+    key = route_key(route.key, host, target, headers)
+    candidates = store.hot_entries(key)
+    if not candidates:
+        return None
+    req = Request(method, headers, request_cache_control(headers))
+    d = decide(req, candidates, route.policy, edge.clock())
+    if not isinstance(d, Serve) or d.stale or d.outcome is Precondition.FAILED:
+        return None
+    entry = d.entry
+    body = b""
+    if d.outcome is Precondition.NOT_MODIFIED:
+        status = 304
+    else:
+        status = entry.status
+        if status in (204, 304) or status < 200:
+            return None
+        if method == "GET":
+            hot = store.hot_body(entry)
+            if hot is None or hot.data is None:
+                return None
+            if (
+                status == 200
+                and evaluate_range(method, headers, entry.fields, hot.size) is not IGNORE
+            ):
+                return None  # a 206 or 416: the full path's
+            body = hot.data
+    wire = _wire_head(store, snap, route, entry, status)
+    if wire is None:
+        return None
+    # Committed: counted as the full path counts a hot hit (TieredStore.lookup,
+    # Responder.serve_stored).
+    store.hits += 1
+    counters = edge.counters
+    if status == 304:
+        counters["client_304"] += 1
+    counters["hits"] += 1
+    counters["wire_hits"] += 1  # of those, answered here (in /stats)
+    rid = request_id(headers.get(REQUEST_ID))
+    cs = CacheStatus(hit=True, ttl=d.ttl)
+    out = wire.render(
+        (
+            str(max(0, d.age)).encode(),
+            cs.render(cfg.cache.status_name).encode(),
+            rid.encode(),
+        )
+    )
+    if body:
+        out += body
+    cache = outcome(cs, status, True)
+    nbytes = len(body)
+    route_name = route.name
+
+    def record() -> AccessRecord:
+        asked = (client, method, head.target, "HTTP/1.1", headers)
+        return access_record((at, started), asked, (rid, route_name, status, cache, nbytes))
+
+    account(edge, snap, route_name, method, cache, _SOURCE, nbytes, record)
+    return out
