@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import re
 from dataclasses import dataclass
 
 
@@ -14,13 +16,18 @@ class ETag:
         return ("W/" if self.weak else "") + self.opaque
 
 
+# opaque-tag = DQUOTE *etagc DQUOTE; etagc = %x21 / %x23-7E / obs-text
+_OPAQUE = re.compile(r'"[\x21\x23-\x7e\x80-\U0010ffff]*"')
+
+
 def _valid_opaque(tag: str) -> bool:
-    # opaque-tag = DQUOTE *etagc DQUOTE; etagc = %x21 / %x23-7E / obs-text
-    if len(tag) < 2 or tag[0] != '"' or tag[-1] != '"':
-        return False
-    return all(c == "\x21" or "\x23" <= c <= "\x7e" or c >= "\x80" for c in tag[1:-1])
+    return _OPAQUE.fullmatch(tag) is not None
 
 
+# Both parsers are pure functions of one string whose results are frozen:
+# memoised, as a hit parses the same stored ETag and If-None-Match over and
+# over (they were ~15% of a client 304's CPU).
+@functools.lru_cache(maxsize=4096)
 def parse_etag(value: str | None) -> ETag | None:
     """One entity-tag, or None when absent or malformed."""
     if value is None:
@@ -40,6 +47,7 @@ class ETagList:
     tags: tuple[ETag, ...]
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_etag_list(value: str | None) -> ETagList | None:
     """`*` / #entity-tag. Malformed members are skipped; None when nothing valid.
 
