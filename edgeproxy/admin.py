@@ -500,6 +500,7 @@ async def get_metrics(request: web.Request) -> web.Response:
         stats = None
     # Off the loop: with workers it reads every worker's files.
     health = health_of(edge.store)
+    edge.metrics.flush()  # this worker's counts of this loop turn
     body = await asyncio.get_running_loop().run_in_executor(
         None, edge.metrics.exposition, stats, health
     )

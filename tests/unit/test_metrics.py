@@ -3,6 +3,7 @@ multiprocess aggregation across processes (each its own pid's files)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -157,6 +158,23 @@ def test_served_never_raises_and_counts_hostile_methods_as_other(
     label = method if method in METHODS else "other"
     assert value(got, "edgeproxy_requests_total", route=route, method=label, cache="miss") == 1
     assert value(got, "edgeproxy_response_bytes_total", source="origin") == nbytes
+
+
+async def test_served_counts_reach_the_counters_once_per_loop_turn() -> None:
+    """On the loop, `served` counts in a dict and the counters take the sums
+    when the turn ends (or at `flush`, which /metrics calls first)."""
+    m = Metrics()
+    hit = {"route": "site", "method": "GET", "cache": "hit"}
+    for _ in range(5):
+        m.served("site", "GET", "hit", "cache", 10)
+    assert value(samples(m.exposition(None)), "edgeproxy_requests_total", **hit) == 0
+    await asyncio.sleep(0)  # the turn ends
+    got = samples(m.exposition(None))
+    assert value(got, "edgeproxy_requests_total", **hit) == 5
+    assert value(got, "edgeproxy_response_bytes_total", source="cache") == 50
+    m.served("site", "GET", "hit", "cache", 0)
+    m.flush()
+    assert value(samples(m.exposition(None)), "edgeproxy_requests_total", **hit) == 6
 
 
 # -- one process: a registry per app ----------------------------------------------
