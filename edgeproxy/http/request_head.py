@@ -26,14 +26,16 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
-_CRLF = b"\r\n"
 _END = b"\r\n\r\n"
-# Anything but HTAB, CR, LF and visible ASCII + SP anywhere in the head.
-_BAD_BYTE = re.compile(rb"[^\t\r\n\x20-\x7e]")
+_TCHAR = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]"  # RFC 9110 section 5.6.2
 # RFC 3986 pchar plus "/" and "?" (path and query), percent-encoded octets.
 _PCHARS = r"[A-Za-z0-9\-._~!$&'()*+,;=:@/?]*"
-_TARGET = re.compile(rf"/{_PCHARS}(?:%[0-9A-Fa-f]{{2}}{_PCHARS})*")
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# The whole head but its last CRLF, in one match: the request line, then
+# field lines of a token, a colon and a value of HTAB and visible ASCII + SP.
+_HEAD = re.compile(
+    rf"(GET|HEAD) (/{_PCHARS}(?:%[0-9A-Fa-f]{{2}}{_PCHARS})*) HTTP/1\.1\r\n"
+    rf"((?:{_TCHAR}+:[\t\x20-\x7e]*\r\n)*)"
+)
 # Framing and connection management: aiohttp's business (refused here).
 _REFUSED_FIELDS = frozenset(
     {"content-length", "transfer-encoding", "connection", "upgrade", "expect", "keep-alive"}
@@ -51,7 +53,6 @@ _SINGLETONS = frozenset(
         "user-agent",
     }
 )
-_METHODS = {b"GET ": "GET", b"HEAD": "HEAD"}
 
 
 class RequestHead(NamedTuple):
@@ -67,37 +68,29 @@ def parse_request_head(
     buf: bytes, start: int, max_line: int, max_field: int, max_fields: int
 ) -> RequestHead | None:
     """The plain GET/HEAD head starting at `buf[start]`, or None: incomplete,
-    or not one this parser takes (the caller hands the bytes to aiohttp)."""
+    or not one this parser takes (the caller hands the bytes to aiohttp).
+
+    A head longer than a line may be (`max_line` for the request line,
+    `max_field` for a field line) is left to aiohttp, which holds each line
+    to its limit; so is one of more than `max_fields` lines in all.
+    """
     end = buf.find(_END, start)
     if end < 0:
         return None
-    head = buf[start:end]
-    if _BAD_BYTE.search(head) is not None:
+    head = buf[start : end + 2]
+    if len(head) > max_line or len(head) > max_field or not head.isascii():
         return None
-    lines = head.split(_CRLF)
-    if len(lines) + 1 > max_fields:  # aiohttp counts the request line and the empty one
+    m = _HEAD.fullmatch(head.decode("ascii"))
+    if m is None:
         return None
-    request_line = lines[0]
-    method = _METHODS.get(request_line[:4])
-    if method is None or len(request_line) > max_line:
-        return None
-    parts = request_line.split(b" ")
-    if len(parts) != 3 or parts[2] != b"HTTP/1.1" or parts[0] != method.encode():
-        return None
-    target = parts[1].decode("ascii")
-    if not _TARGET.fullmatch(target):
+    method, target, block = m.groups()
+    if block.count("\r\n") + 2 > max_fields:  # aiohttp counts the request line and the empty one
         return None
     fields: list[tuple[str, str]] = []
     seen: set[str] = set()
-    for line in lines[1:]:
-        if len(line) > max_field or b"\r" in line or b"\n" in line:
-            return None
-        bname, colon, bvalue = line.partition(b":")
-        if not colon:
-            return None
-        name = bname.decode("ascii")
-        if not _TOKEN.fullmatch(name):
-            return None  # also catches obs-fold (a leading SP or HTAB) and "Name :"
+    for line in block.split("\r\n")[:-1]:  # each `token:value`, as _HEAD matched it
+        name, _, value = line.partition(":")
+        fields.append((name, value.strip(" \t")))
         lower = name.lower()
         if lower in _REFUSED_FIELDS:
             return None
@@ -105,7 +98,6 @@ def parse_request_head(
             if lower in seen:
                 return None
             seen.add(lower)
-        fields.append((name, bvalue.strip(b" \t").decode("ascii")))
     if "host" not in seen:
         return None  # aiohttp's 400 (RFC 9112 section 3.2)
     return RequestHead(method, target, fields, end + 4)
