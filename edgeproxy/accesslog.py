@@ -99,7 +99,7 @@ def cache_outcome(cs: CacheStatus | None, status: int, from_store: bool) -> str:
     return "miss"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen init was 4.7 us of a ~60 us hit, this 1.2
 class AccessRecord:
     time: float  # request start, seconds since the epoch (the edge's HTTP clock)
     client: str | None

@@ -93,6 +93,7 @@ def build_app(
             await edge.stop_tasks()
             await session.close()
             await store.close()
+            metrics.flush()  # a stopping worker's last counts reach its file
 
     app.cleanup_ctx.append(lifecycle)
     app.router.add_route("*", "/{tail:.*}", proxy.handle)

@@ -34,7 +34,7 @@ from __future__ import annotations
 import time
 from http import HTTPStatus
 
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict
 
 from edgeproxy.accesslog import REQUEST_ID, AccessRecord, request_id
 from edgeproxy.cachekey import route_key
@@ -62,11 +62,25 @@ class WireHead:
     (Age, Cache-Status, request id) as gaps: `parts` are the bytes around
     them, `order` which value goes in each gap."""
 
-    __slots__ = ("order", "parts")
+    __slots__ = ("order", "parts", "statuses")
 
     def __init__(self, parts: list[bytes], order: list[int]) -> None:
         self.parts = parts
         self.order = order
+        # ttl -> (Cache-Status value, cache outcome): the same for every hit
+        # of this entry, snapshot and status within a second of ttl.
+        self.statuses: dict[int, tuple[bytes, str]] = {}
+
+    def status(self, ttl: int, status: int, cache_name: str) -> tuple[bytes, str]:
+        """The Cache-Status a hit sends (RFC 9211: hit, ttl) and its outcome."""
+        memo = self.statuses.get(ttl)
+        if memo is None:
+            cs = CacheStatus(hit=True, ttl=ttl)
+            memo = (cs.render(cache_name).encode(), outcome(cs, status, True))
+            if len(self.statuses) >= 16:
+                self.statuses.clear()
+            self.statuses[ttl] = memo
+        return memo
 
     def render(self, values: tuple[bytes, bytes, bytes]) -> bytes:
         parts, order = self.parts, self.order
@@ -133,6 +147,58 @@ def _wire_head(
     return built
 
 
+class _RouteMemo:
+    """Per snapshot: (Host field, target, method) -> the caching route that
+    serves it, the normalised host and the cache key (None when the key
+    takes request fields), or
+    None when the fast path can't take it. The same functions the full path
+    calls, once per URL: hot URLs are what a cache answers over and over.
+    Bounded: cleared when full, and when the snapshot changes (a reload)."""
+
+    MAX = 4096
+
+    def __init__(self) -> None:
+        self._snap: Snapshot | None = None
+        self._found: dict[tuple[str | None, str, str], tuple[Route, str, str | None] | None] = {}
+
+    def find(
+        self, snap: Snapshot, host: str | None, target: str, method: str
+    ) -> tuple[Route, str, str | None] | None:
+        found = self._found
+        if self._snap is not snap:
+            found.clear()
+            self._snap = snap
+        slot = (host, target, method)
+        try:
+            return found[slot]
+        except KeyError:
+            pass
+        result = _find(snap, host, target, method)
+        if len(found) >= self.MAX:
+            found.clear()
+        found[slot] = result
+        return result
+
+
+def _find(
+    snap: Snapshot, host: str | None, target: str, method: str
+) -> tuple[Route, str, str | None] | None:
+    cfg = snap.config
+    where = locate(cfg, target, host)
+    if not isinstance(where, Located) or where.absolute:
+        return None
+    host, target, route, _ = select(cfg, where, method)
+    if route is None or route.origin is None or not route.cache:
+        return None
+    if route.key.headers or route.key.cookies:
+        return route, host, None
+    return route, host, route_key(route.key, host, target, _NO_FIELDS)
+
+
+_ROUTES = _RouteMemo()
+_NO_FIELDS: CIMultiDict[str] = CIMultiDict()  # a key that takes none
+
+
 def answer(edge: EdgeState, head: RequestHead, client: str | None) -> bytes | None:
     """The whole response to `head` (head and body), or None: the full path's."""
     started = time.monotonic()
@@ -144,15 +210,14 @@ def answer(edge: EdgeState, head: RequestHead, client: str | None) -> bytes | No
     if not cfg.cache.fast_path:
         return None
     at = edge.clock()
-    headers = CIMultiDictProxy(CIMultiDict(head.fields))
-    where = locate(cfg, head.target, headers.get("Host"))
-    if not isinstance(where, Located):
-        return None
+    headers = CIMultiDict(head.fields)
     method = head.method
-    host, target, route, _ = select(cfg, where, method)
-    if route is None or route.origin is None or not route.cache:
+    found = _ROUTES.find(snap, headers.get("Host"), head.target, method)
+    if found is None:
         return None
-    key = route_key(route.key, host, target, headers)
+    route, host, key = found
+    if key is None:  # the route keys on request fields: this request's
+        key = route_key(route.key, host, head.target, headers)
     candidates = store.hot_entries(key)
     if not candidates:
         return None
@@ -190,17 +255,10 @@ def answer(edge: EdgeState, head: RequestHead, client: str | None) -> bytes | No
     counters["hits"] += 1
     counters["wire_hits"] += 1  # of those, answered here (in /stats)
     rid = request_id(headers.get(REQUEST_ID))
-    cs = CacheStatus(hit=True, ttl=d.ttl)
-    out = wire.render(
-        (
-            str(max(0, d.age)).encode(),
-            cs.render(cfg.cache.status_name).encode(),
-            rid.encode(),
-        )
-    )
+    cache_status, cache = wire.status(d.ttl, status, cfg.cache.status_name)
+    out = wire.render((str(max(0, d.age)).encode(), cache_status, rid.encode()))
     if body:
         out += body
-    cache = outcome(cs, status, True)
     nbytes = len(body)
     route_name = route.name
 

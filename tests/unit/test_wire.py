@@ -1,11 +1,17 @@
-"""wire.wire_head: a template serialised as aiohttp serialises a response head."""
+"""wire.py's pure parts: the head serialised as aiohttp does, the route memo."""
 
 from __future__ import annotations
+
+import dataclasses
+from types import MappingProxyType
 
 import pytest
 from multidict import CIMultiDict
 
-from edgeproxy.wire import wire_head
+from edgeproxy.cachekey import KeyRules, route_key
+from edgeproxy.config import Config, OriginConfig, PathMatch, Route, RouteMatch
+from edgeproxy.state import Snapshot
+from edgeproxy.wire import _RouteMemo, wire_head
 
 DATE = "Thu, 01 Jan 2026 00:00:00 GMT"
 VALUES = (b"7", b"edgeproxy; hit; ttl=3", b"rid")
@@ -91,3 +97,68 @@ def test_gaps_follow_the_template_order() -> None:
         b"HTTP/1.1 200 OK\r\nX-Request-Id: rid\r\nDate: " + DATE.encode() + b"\r\n"
         b"Cache-Status: edgeproxy; hit; ttl=3\r\nAge: 7\r\nContent-Length: 0\r\n\r\n"
     )
+
+
+# -- _RouteMemo: the full path's routing, once per URL and snapshot ------------
+
+
+def snapshot(*routes: Route) -> Snapshot:
+    cfg = Config(
+        origins=MappingProxyType({"o": OriginConfig("o", ("http://127.0.0.1:1",))}),
+        routes=routes,
+    )
+    return Snapshot(config=cfg, policy=cfg.cache.policy())
+
+
+PLAIN = Route("plain", RouteMatch(path=PathMatch("prefix", "/p")), origin="o")
+BY_FIELD = Route("lang", RouteMatch(path=PathMatch("prefix", "/l")), origin="o",
+                 key=KeyRules(headers=("accept-language",)))  # fmt: skip
+UNCACHED = Route("pass", RouteMatch(path=PathMatch("prefix", "/u")), origin="o", cache=False)
+NO_ORIGIN = Route("none", RouteMatch(path=PathMatch("prefix", "/n")))
+
+
+@pytest.mark.parametrize(
+    ("host", "target", "method", "expected"),
+    [
+        pytest.param("Edge.Test:80", "/p/a?x=1", "GET", ("plain", "edge.test", True),
+                     id="normalised host, key as the full path builds it"),
+        pytest.param("edge.test", "/l/a", "GET", ("lang", "edge.test", False),
+                     id="a key with request fields: built per request"),
+        pytest.param("edge.test", "/u/a", "GET", None, id="no caching: the full path's"),
+        pytest.param("edge.test", "/n/a", "GET", None, id="no origin: the full path's 404"),
+        pytest.param("edge.test", "/x", "GET", None, id="no route"),
+        pytest.param(None, "/p/a", "GET", None, id="no Host: the full path's 400"),
+        pytest.param("a b", "/p/a", "GET", None, id="invalid Host"),
+    ],
+)  # fmt: skip
+def test_route_memo_finds_what_the_full_path_does(
+    host: str | None, target: str, method: str, expected: tuple[str, str, bool] | None
+) -> None:
+    snap = snapshot(PLAIN, BY_FIELD, UNCACHED, NO_ORIGIN)
+    memo = _RouteMemo()
+    for _ in range(2):  # worked out, then remembered: the same answer
+        found = memo.find(snap, host, target, method)
+        if expected is None:
+            assert found is None
+            continue
+        assert found is not None
+        route, normalised, key = found
+        name, want_host, keyed = expected
+        assert (route.name, normalised) == (name, want_host)
+        if keyed:
+            assert key == route_key(route.key, normalised, target, CIMultiDict())
+        else:
+            assert key is None
+
+
+def test_route_memo_follows_the_snapshot_and_is_bounded() -> None:
+    memo = _RouteMemo()
+    before = snapshot(PLAIN)
+    found = memo.find(before, "edge.test", "/p/a", "GET")
+    assert found is not None and found[0].name == "plain"
+    renamed = dataclasses.replace(PLAIN, name="renamed")
+    found = memo.find(snapshot(renamed), "edge.test", "/p/a", "GET")  # a reload
+    assert found is not None and found[0].name == "renamed"
+    for i in range(_RouteMemo.MAX + 10):
+        memo.find(before, "edge.test", f"/p/{i}", "GET")
+    assert len(memo._found) <= _RouteMemo.MAX
