@@ -659,28 +659,35 @@ class DiskStore:
     async def update(self, entry: Entry, then: Callable[[], object] | None = None) -> bool:
         """`then()` runs in the same pool job once the transaction ended, even
         if it failed (the hot tier's publish: one hop, not two)."""
+        return await self.update_stored(entry, then) is not None
+
+    async def update_stored(
+        self, entry: Entry, then: Callable[[], object] | None = None
+    ) -> Entry | None:
+        """`update`, returning the entry as stored (a soft ban marks it
+        soft-purged), or None when nothing was: for the hot tier to keep."""
         return await self._change(f"updating {entry.key}", self._update, entry, then)
 
-    def _update(self, entry: Entry, then: Callable[[], object] | None = None) -> bool:
+    def _update(self, entry: Entry, then: Callable[[], object] | None = None) -> Entry | None:
         try:
             return self._update_row(entry)
         finally:
             if then is not None:
                 then()
 
-    def _update_row(self, entry: Entry) -> bool:
+    def _update_row(self, entry: Entry) -> Entry | None:
         with self._txn() as sql:
             row = sql(
                 "SELECT id FROM edge_variants WHERE variant = ? AND key = ?",
                 (entry.variant, entry.key),
             ).fetchone()
             if row is None:
-                return False
+                return None
             (vid,) = row
             verdict = self._ban(sql, entry.key, entry.tags, entry.request_time)
             if verdict == "hard":
                 self._drop(sql, vid, entry.variant)
-                return False
+                return None
             if verdict == "soft":
                 entry = entry.with_changes(soft_purged=True)
             meta = json.dumps(entry.to_dict(), separators=(",", ":"))
@@ -692,7 +699,7 @@ class DiskStore:
             if set(old) != set(_tags(entry)):
                 sql("DELETE FROM edge_tags WHERE vid = ?", (vid,))
                 self._insert_tags(sql, entry, vid)
-        return True
+        return entry
 
     async def delete(self, key: str) -> int:
         # An invalidation (RFC 9111 section 4.4): kept and applied later if the disk fails.

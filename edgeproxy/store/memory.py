@@ -71,6 +71,11 @@ class MemoryTier:
         self._keys.move_to_end(key)
         return list(hot.entries)
 
+    def listed(self, key: str) -> list[Entry] | None:
+        """The key's variant list as held (a copy), without touching its recency."""
+        hot = self._keys.get(key)
+        return None if hot is None or hot.entries is None else list(hot.entries)
+
     def body(self, key: str, variant: str) -> Body | None:
         hot = self._keys.get(key)
         return None if hot is None else hot.bodies.get(variant)

@@ -281,11 +281,34 @@ class TieredStore:
         # The record is published on the pool thread right after the disk
         # transaction (even a failed one), in the same job: one hop, and a
         # cancelled caller can't skip it (the job runs to its end).
-        published = _Publisher(self._gen, key_hash(entry.key))
+        self._sync()
+        since = self._seen
+        key, h = entry.key, key_hash(entry.key)
+        listed = self._mem.listed(key)
+        body = self._mem.body(key, entry.variant)
+        published = _Publisher(self._gen, h)
         try:
-            return await self._disk.update(entry, then=published)
+            stored = await self._disk.update_stored(entry, then=published)
         finally:
-            self._published(published)
+            self._published(published)  # drops the key here, as in every worker
+        if stored is None:
+            return False
+        # The disk now holds `stored` in place of the variant it updated
+        # (a 304's refresh, RFC 9111 section 4.3.4). If nobody else changed
+        # the key meanwhile, this tier keeps what it held with that one
+        # entry replaced: the next hit of a revalidated key is a memory hit,
+        # not two pool hops (lookup, body) back to the disk.
+        if (
+            listed is not None
+            and any(e.variant == stored.variant for e in listed)
+            and self._admit(h, since, published.number)
+        ):
+            self._mem.put_entries(
+                key, h, [stored if e.variant == stored.variant else e for e in listed]
+            )
+            if body is not None and body.data is not None:
+                self._mem.put_body(key, h, stored.variant, body.data)
+        return True
 
     async def delete(self, key: str) -> int:
         return await self._apply(self._disk.delete(key), [key_hash(key)])

@@ -502,3 +502,46 @@ async def test_open_fails_cleanly_and_closes_the_disk_store(directory: Path) -> 
     with pytest.raises(Exception, match="generation"):
         await TieredStore.open(disk)
     assert disk._closed
+
+
+# -- a 304's refresh stays hot in the worker that made it ------------------------
+
+
+async def test_an_update_keeps_the_key_hot_where_it_was_made(
+    a: TieredStore, b: TieredStore, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RFC 9111 4.3.4: the refreshed entry replaces the stored one. The worker
+    that stored it keeps serving it from memory (a revalidated key's next hit
+    makes no disk call); every other worker drops its copy and reads the disk."""
+    stored = await put(a, make_entry(URL, request_time=clock()), b"body")
+    await warm(a)
+    await warm(b)
+    clock.advance(5)
+    merged = stored.with_changes(request_time=clock(), response_time=clock())
+    assert await a.update(merged)
+    disk = DiskCalls(monkeypatch, a)
+    [found] = await a.lookup(URL)
+    assert await read(a, found) == b"body"
+    assert disk.calls == []
+    assert found == merged == (await b.disk.lookup(URL))[0]
+    [seen_by_b] = await b.lookup(URL)
+    assert seen_by_b == merged
+
+
+async def test_an_update_under_a_soft_purge_is_kept_as_the_disk_keeps_it(
+    a: TieredStore, b: TieredStore, clock: FakeClock
+) -> None:
+    """A soft purge issued after the request the refresh answers marks the
+    stored entry stale (the disk's verdict): memory keeps that, not the
+    entry as it was handed in."""
+    stored = await put(a, make_entry(URL, request_time=clock(), tags=("t",)), b"body")
+    await warm(a)
+    request_time = clock()
+    clock.advance(1)
+    assert await b.purge(Purge(PurgeTags(("t",)), soft=True, issued_at=clock())) == 1
+    await warm(a)
+    merged = stored.with_changes(request_time=request_time, response_time=clock())
+    assert await a.update(merged)
+    [found] = await a.lookup(URL)
+    assert found.soft_purged
+    assert [found] == await a.disk.lookup(URL)
