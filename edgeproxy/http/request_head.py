@@ -16,7 +16,8 @@ path and query characters; field names that are tokens, values with
 optional whitespace stripped (section 5.1). Refused (left to aiohttp):
 any other method or version, absolute/authority/asterisk forms, a fragment,
 any message body framing (Content-Length, Transfer-Encoding: section 6),
-Connection, Upgrade and Expect (connection management aiohttp does), a
+Connection other than "keep-alive", Upgrade and Expect (connection
+management aiohttp does), a
 duplicate of a field aiohttp holds to one, and anything over the limits
 (aiohttp answers those with 414/431).
 """
@@ -92,7 +93,11 @@ def parse_request_head(
         name, _, value = line.partition(":")
         fields.append((name, value.strip(" \t")))
         lower = name.lower()
-        if lower in _REFUSED_FIELDS:
+        # Browsers send "Connection: keep-alive" on HTTP/1.1, where it is the
+        # default (RFC 9112 section 9.3): taken; any other option is aiohttp's.
+        if lower in _REFUSED_FIELDS and (
+            lower != "connection" or fields[-1][1].lower() != "keep-alive"
+        ):
             return None
         if lower in _SINGLETONS:
             if lower in seen:

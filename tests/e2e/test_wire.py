@@ -98,11 +98,17 @@ async def test_same_bytes_as_aiohttps(
     make_proxy: MakeProxy, origin: ScriptedOrigin, tmp_path: Any, hit_path: str
 ) -> None:
     """The whole response, head and body, byte for byte (the request id aside),
-    for a GET, a HEAD and a client 304, against a proxy with the fast path off."""
+    for a GET, a HEAD, a client 304 and a browser's keep-alive GET, against a
+    proxy with the fast path off."""
     origin.script("/a", Reply(body=BODY, headers=dict(FIELDS)))
     on = await make_proxy(origin_url(origin), cache_dir=str(tmp_path / "on"))
     off = await make_proxy(origin_url(origin), cache_dir=str(tmp_path / "off"), fast_path=False)
-    requests = [get("/a"), get("/a", method=b"HEAD"), get("/a", b'If-None-Match: "v1"\r\n')]
+    requests = [
+        get("/a"),
+        get("/a", method=b"HEAD"),
+        get("/a", b'If-None-Match: "v1"\r\n'),
+        get("/a", b"Connection: keep-alive\r\n"),  # as browsers send it
+    ]
     seen = []
     for proxy in (on, off):
         conn = await Conn.open(proxy)
@@ -117,7 +123,7 @@ async def test_same_bytes_as_aiohttps(
     assert seen[0] == seen[1]
     assert seen[0][0].startswith(b"HTTP/1.1 200 OK\r\n") and seen[0][0].endswith(BODY)
     assert seen[0][2].startswith(b"HTTP/1.1 304 Not Modified\r\n")
-    assert wire_hits(on) == (3 if hit_path == "wire" else 0)
+    assert wire_hits(on) == (4 if hit_path == "wire" else 0)
     assert wire_hits(off) == 0
 
 

@@ -57,6 +57,11 @@ def aiohttp_parse(raw: bytes) -> tuple[list[Any], bytes] | Exception:
     ("raw", "expected"),
     [
         (b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", ("GET", "/", [("Host", "a")])),
+        # the HTTP/1.1 default, sent by browsers (RFC 9112 section 9.3)
+        (
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Keep-Alive\r\n\r\n",
+            ("GET", "/", [("Host", "a"), ("Connection", "Keep-Alive")]),
+        ),
         (b"HEAD /x?y=1 HTTP/1.1\r\nHost: a\r\n\r\n", ("HEAD", "/x?y=1", [("Host", "a")])),
         # OWS around the value is not part of it (RFC 9112 section 5.1)
         (
@@ -102,7 +107,8 @@ def test_accepted(raw: bytes, expected: tuple[str, str, list[tuple[str, str]]]) 
         b"GET / HTTP/1.1\r\nX: \xff\r\n\r\n",
         b"GET / HTTP/1.1\r\nContent-Length: 0\r\n\r\n",  # framing: aiohttp's
         b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
-        b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Upgrade\r\n\r\n",
         b"GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n",
         b"GET / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n",  # aiohttp: duplicate Host
@@ -197,6 +203,9 @@ def heads(draw: st.DrawFn, odd: str | None = None) -> bytes:
     for _ in range(n):
         fields.append(f"{part('name')}{part('sep')}{part('value')}{part('eol')}")
     fields.insert(draw(st.integers(0, len(fields))), f"Host: {draw(_token)}\r\n")
+    if draw(st.booleans()):  # browsers' "Connection: keep-alive", in any case and OWS
+        value = draw(st.sampled_from(["keep-alive", "Keep-Alive", " KEEP-ALIVE\t"]))
+        fields.insert(draw(st.integers(0, len(fields))), f"Connection:{value}\r\n")
     return f"{line}\r\n{''.join(fields)}\r\n".encode("latin-1")
 
 
