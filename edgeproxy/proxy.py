@@ -153,9 +153,13 @@ def account(
     access log (the line is built only when someone reads it)."""
     edge.outcomes[cache] += 1
     edge.metrics.served(route, method, cache, source, nbytes)
-    log_cfg = snap.config.log
-    if log_cfg.access_log and access_log.isEnabledFor(logging.INFO):
-        emit(record(), log_cfg.access_format)
+    if access_logged(snap):
+        emit(record(), snap.config.log.access_format)
+
+
+def access_logged(snap: Snapshot) -> bool:
+    """Whether a request's access line is written (`account`'s test)."""
+    return snap.config.log.access_log and access_log.isEnabledFor(logging.INFO)
 
 
 class Located(NamedTuple):

@@ -10,11 +10,13 @@ then reads the very same head.
 
 It answers only when the full path would answer exactly the same way from
 the same hot entry, by calling the same functions in the same order:
-`proxy.locate`/`select` (Host, route), `route_key`, `decide` (RFC 9111
+`proxy.locate`/`select` (Host, route) and `route_key` (once per URL and
+snapshot: `_RouteMemo`), `decide` (RFC 9111
 section 4: Vary, freshness, request Cache-Control; RFC 9110 section 13:
 the client's conditionals), `evaluate_range` (a Range is left to the full
 path), the per-entry head template (`serving.stored_template`), and
-`proxy.account` (outcome counts, metrics, access log line). What it takes:
+the accounting of `proxy.account` (outcome counts, metrics, the access line:
+its fixed runs kept per head, accesslog.json_parts). What it takes:
 
 - a plain HTTP/1.1 GET or HEAD head (http/request_head.py), on an idle
   keep-alive connection that isn't paused for writing;
@@ -36,7 +38,15 @@ from http import HTTPStatus
 
 from multidict import CIMultiDict
 
-from edgeproxy.accesslog import REQUEST_ID, AccessRecord, request_id
+from edgeproxy.accesslog import (
+    REQUEST_ID,
+    emit,
+    emit_line,
+    json_client,
+    json_line,
+    json_parts,
+    request_id,
+)
 from edgeproxy.cachekey import route_key
 from edgeproxy.config import Route
 from edgeproxy.http.cache_control import request_cache_control
@@ -47,7 +57,7 @@ from edgeproxy.http.request_head import RequestHead
 from edgeproxy.metrics import byte_source, outcome
 from edgeproxy.policy.decide import Request, Serve, decide
 from edgeproxy.policy.entry import Entry
-from edgeproxy.proxy import Located, access_record, account, locate, select
+from edgeproxy.proxy import Located, access_logged, access_record, locate, select
 from edgeproxy.serving import keep, prebuilt_for, stored_template
 from edgeproxy.state import EdgeState, Snapshot
 from edgeproxy.store.tiered import TieredStore
@@ -62,14 +72,31 @@ class WireHead:
     (Age, Cache-Status, request id) as gaps: `parts` are the bytes around
     them, `order` which value goes in each gap."""
 
-    __slots__ = ("order", "parts", "statuses")
+    __slots__ = ("code", "lines", "order", "parts", "statuses")
 
-    def __init__(self, parts: list[bytes], order: list[int]) -> None:
+    def __init__(self, parts: list[bytes], order: list[int], code: int) -> None:
         self.parts = parts
         self.order = order
+        self.code = code  # the status it sends
+        # (method, target, cache outcome) -> the access line's fixed runs.
+        self.lines: dict[tuple[str, str, str], tuple[str, str]] = {}
         # ttl -> (Cache-Status value, cache outcome): the same for every hit
         # of this entry, snapshot and status within a second of ttl.
         self.statuses: dict[int, tuple[bytes, str]] = {}
+
+    def line_parts(
+        self, method: str, target: str, nbytes: int, cache: str, route: str
+    ) -> tuple[str, str]:
+        """accesslog.json_parts for a hit of this head: kept per method, target
+        and outcome (everything else in them is fixed for the head)."""
+        slot = (method, target, cache)
+        parts = self.lines.get(slot)
+        if parts is None:
+            parts = json_parts(method, target, self.code, nbytes, cache, route, None, None)
+            if len(self.lines) >= 64:
+                self.lines.clear()
+            self.lines[slot] = parts
+        return parts
 
     def status(self, ttl: int, status: int, cache_name: str) -> tuple[bytes, str]:
         """The Cache-Status a hit sends (RFC 9211: hit, ttl) and its outcome."""
@@ -123,7 +150,7 @@ def wire_head(template: CIMultiDict[str], status: int, length: int | None) -> Wi
     parts.append(text.encode("utf-8") + b"\r\n")
     if sorted(order) != [0, 1, 2]:
         return None
-    return WireHead(parts, order)
+    return WireHead(parts, order, status)
 
 
 def _wire_head(
@@ -261,10 +288,15 @@ def answer(edge: EdgeState, head: RequestHead, client: str | None) -> bytes | No
         out += body
     nbytes = len(body)
     route_name = route.name
-
-    def record() -> AccessRecord:
-        asked = (client, method, head.target, "HTTP/1.1", headers)
-        return access_record((at, started), asked, (rid, route_name, status, cache, nbytes))
-
-    account(edge, snap, route_name, method, cache, _SOURCE, nbytes, record)
+    edge.outcomes[cache] += 1
+    edge.metrics.served(route_name, method, cache, _SOURCE, nbytes)
+    if access_logged(snap):  # as proxy.account, with the line's fixed runs kept
+        if cfg.log.access_format == "json":
+            asked, answered = wire.line_parts(method, head.target, nbytes, cache, route_name)
+            duration = round((time.monotonic() - started) * 1000, 3)
+            emit_line(json_line(at, json_client(client), asked, duration, answered, rid))
+        else:
+            asked_by = (client, method, head.target, "HTTP/1.1", headers)
+            answer_was = (rid, route_name, status, cache, nbytes)
+            emit(access_record((at, started), asked_by, answer_was), cfg.log.access_format)
     return out
