@@ -13,6 +13,7 @@ from aiohttp import web
 
 from edgeproxy.responses import NoClient, RelayedResponse
 from edgeproxy.store.base import Body
+from edgeproxy.store.pool import StorePool
 
 CHUNK = 65536
 
@@ -73,6 +74,11 @@ async def send_span(
         resp.body_bytes += sent
 
 
+# sendfile calls and file closes: a lean pool (store/pool.py), not the
+# default executor: a hit on a file body made two hops through it.
+_SENDERS = StorePool(4, "edgeproxy-send")
+
+
 async def _sendfile(transport: asyncio.BaseTransport, file_fd: int, offset: int, count: int) -> int:
     """os.sendfile `count` bytes of `file_fd` from `offset` to the connection's socket.
 
@@ -112,9 +118,7 @@ async def _sendfile(transport: asyncio.BaseTransport, file_fd: int, offset: int,
             if transport.is_closing():
                 raise ConnectionResetError("client connection closed")
             try:
-                n = await loop.run_in_executor(
-                    None, os.sendfile, fd, file_fd, offset + sent, count - sent
-                )
+                n = await _SENDERS.run(os.sendfile, fd, file_fd, offset + sent, count - sent)
             except (BlockingIOError, InterruptedError):
                 await _writable(loop, fd)
                 continue
@@ -146,4 +150,4 @@ async def _writable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
 async def close_body(body: Body) -> None:
     """Close a stored body's file (opened at lookup; the reader closes it)."""
     if body.file is not None:
-        await asyncio.get_running_loop().run_in_executor(None, body.file.close)
+        await _SENDERS.run(body.file.close)
