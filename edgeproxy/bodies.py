@@ -69,7 +69,7 @@ async def send_span(
         async for chunk in _read_span(body, start, end):
             await resp.write(chunk)
         return
-    sent = await _sendfile(transport, body.file.fileno(), start, end - start + 1)
+    sent = await send_file(transport, body.file.fileno(), start, end - start + 1)
     if isinstance(resp, RelayedResponse):
         resp.body_bytes += sent
 
@@ -79,7 +79,7 @@ async def send_span(
 _SENDERS = StorePool(4, "edgeproxy-send")
 
 
-async def _sendfile(transport: asyncio.BaseTransport, file_fd: int, offset: int, count: int) -> int:
+async def send_file(transport: asyncio.BaseTransport, file_fd: int, offset: int, count: int) -> int:
     """os.sendfile `count` bytes of `file_fd` from `offset` to the connection's socket.
 
     Neither asyncio's `loop.sendfile` (uvloop has none) nor aiohttp's

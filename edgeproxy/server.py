@@ -19,6 +19,7 @@ from aiohttp.web_request import BaseRequest
 
 from edgeproxy import origin, proxy, wire
 from edgeproxy.admin import AdminSetupError, build_admin_app, check_bind, read_token
+from edgeproxy.bodies import ShortBody
 from edgeproxy.cluster import Cluster
 from edgeproxy.config import Config, Limits
 from edgeproxy.http.request_head import parse_request_head
@@ -220,6 +221,8 @@ class _AnyMethodProtocol(web_protocol.RequestHandler):
         self._parser = self._strict
         self._refused: asyncio.TimerHandle | None = None  # set: over the connection cap
         self._edge: EdgeState | None = None  # set: the wire fast path may answer (wire.py)
+        self._file_hit_task: asyncio.Task[None] | None = None  # a wire.FileHit being sent
+        self._held = b""  # what the client sent after it
         self._client: str | None = None  # the peer's address, for the access log
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -264,10 +267,17 @@ class _AnyMethodProtocol(web_protocol.RequestHandler):
     def data_received(self, data: bytes) -> None:
         if self._refused is not None:
             return  # whatever a refused client sends is dropped
+        if self._file_hit_task is not None:
+            self._held += data  # after the file being sent (reading is paused)
+            return
         if self._edge is not None and self._idle():
             data = self._answer_on_wire(self._edge, data)
             if not data:
                 return
+        self._to_aiohttp(data)
+
+    def _to_aiohttp(self, data: bytes) -> None:
+        """aiohttp's parser and handler take `data`; the head and body timers follow."""
         super().data_received(data)
         if self._force_close or self._close or self.transport is None:
             self._cancel_timers()
@@ -296,7 +306,8 @@ class _AnyMethodProtocol(web_protocol.RequestHandler):
         whose last response said so; a response written meanwhile goes out
         before the close."""
         return (
-            not self._messages
+            self._file_hit_task is None
+            and not self._messages
             and not self._request_in_progress
             and self._payload_parser is None
             and not self._upgraded
@@ -333,13 +344,26 @@ class _AnyMethodProtocol(web_protocol.RequestHandler):
                 out = None
             if out is None:
                 break
+            if isinstance(out, wire.FileHit):
+                # Sent by a task; whatever follows waits for it, unread.
+                self._held = data[head.end :]
+                self._file_hit_task = self._loop.create_task(
+                    self._file_hit(out, data[start : head.end])
+                )
+                self._pause_transport_reading()  # the transport only: the parser is idle
+                self._served_here()
+                return b""
             transport.write(out)
             start = head.end
             if self._paused:
                 break
         if not start:
             return data
-        # Requests answered here count for keep-alive as aiohttp's do.
+        self._served_here()
+        return data[start:]
+
+    def _served_here(self) -> None:
+        """Requests answered here count for keep-alive as aiohttp's do."""
         if self._keepalive_timeout > 0:
             close_at = self._loop.time() + self._keepalive_timeout
             self._next_keepalive_close_time = close_at
@@ -348,7 +372,57 @@ class _AnyMethodProtocol(web_protocol.RequestHandler):
         manager = self._manager
         if manager is not None:
             manager.requests_count += 1
-        return data[start:]
+
+    async def _file_hit(self, hit: wire.FileHit, raw: bytes) -> None:
+        """Send a file-backed hit, then go on with what the client sent
+        after it; if its body is gone before anything was written, the full
+        path answers the request (`raw`) instead."""
+        transport = self.transport
+        answered = False
+        try:
+            assert transport is not None
+            answered = await hit.send(transport)
+        except ConnectionResetError:
+            answered = True  # the client left: nothing more to do for it
+        except ShortBody as e:
+            answered = True
+            log.warning("%s: %s; dropping the connection", hit.entry.key, e)
+            if self.transport is not None:
+                self.transport.abort()  # a short body would look complete
+        except Exception:
+            answered = True  # the head may be out: the connection can't go on
+            log.exception("wire fast path failed sending %s", hit.entry.key)
+            if self.transport is not None:
+                self.transport.abort()
+        finally:
+            self._file_hit_task = None
+            held, self._held = self._held, b""
+        if self.transport is None or self.transport.is_closing():
+            return
+        self._served_here()
+        if not self._reading_paused and not self._buffer_paused:
+            self._resume_transport_reading()
+        if not answered:  # the full path answers it (and what came after)
+            self._to_aiohttp(raw + held)
+        elif held:
+            self.data_received(held)
+
+    def _process_keepalive(self) -> None:
+        if self._file_hit_task is not None:  # sending: not idle
+            self._keepalive_handle = self._loop.call_at(
+                self._loop.time() + self._keepalive_timeout, self._process_keepalive
+            )
+            return
+        super()._process_keepalive()
+
+    async def shutdown(self, timeout: float | None = 15.0) -> None:  # noqa: ASYNC109 - aiohttp's signature
+        """aiohttp's drain, after a file hit being sent here (it knows only
+        its own handlers)."""
+        task = self._file_hit_task
+        if task is not None:
+            with contextlib.suppress(asyncio.TimeoutError, Exception):
+                await asyncio.wait_for(asyncio.shield(task), timeout)
+        await super().shutdown(timeout)
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
@@ -395,6 +469,8 @@ class _AnyMethodProtocol(web_protocol.RequestHandler):
             self._refused.cancel()
             return  # never registered: nothing of aiohttp's to tear down
         self._cancel_timers()
+        if self._file_hit_task is not None:
+            self._file_hit_task.cancel()  # nobody left to send to (its body is closed)
         super().connection_lost(exc)
 
     def handle_error(

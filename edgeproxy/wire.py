@@ -33,7 +33,10 @@ field by field, and the hit tests run on both paths: tests/e2e/conftest.py).
 
 from __future__ import annotations
 
+import asyncio
+import os
 import time
+from collections.abc import Callable
 from http import HTTPStatus
 
 from multidict import CIMultiDict
@@ -47,6 +50,7 @@ from edgeproxy.accesslog import (
     json_parts,
     request_id,
 )
+from edgeproxy.bodies import close_body, send_file
 from edgeproxy.cachekey import route_key
 from edgeproxy.config import Route
 from edgeproxy.http.cache_control import request_cache_control
@@ -226,8 +230,47 @@ _ROUTES = _RouteMemo()
 _NO_FIELDS: CIMultiDict[str] = CIMultiDict()  # a key that takes none
 
 
-def answer(edge: EdgeState, head: RequestHead, client: str | None) -> bytes | None:
-    """The whole response to `head` (head and body), or None: the full path's."""
+class FileHit:
+    """A fresh hit whose body is a file (above the hot tier's `max_object`):
+    the protocol sends it in a task (server._AnyMethodProtocol._file_hit),
+    as the full path would: the head, then the body by sendfile."""
+
+    __slots__ = ("entry", "finish", "head", "store")
+
+    def __init__(
+        self, store: TieredStore, entry: Entry, head: bytes, finish: Callable[[int], None]
+    ) -> None:
+        self.store = store
+        self.entry = entry
+        self.head = head
+        self.finish = finish  # the accounting, with the body bytes sent
+
+    async def send(self, transport: asyncio.Transport) -> bool:
+        """Open the body, write the head, sendfile the body, close it. False
+        when the body is gone (nothing written: the full path answers);
+        ConnectionResetError when the client left, ShortBody when the file
+        ended early (the caller drops the connection)."""
+        body = await self.store.open_body(self.entry)
+        if body is None:
+            return False
+        sent = 0
+        try:
+            if body.file is None:  # kept in memory meanwhile: sent with the head
+                data = body.data or b""
+                transport.write(self.head + data)
+                sent = len(data)
+                return True
+            transport.write(self.head)
+            sent = await send_file(transport, body.file.fileno(), 0, self.entry.body_size)
+        finally:
+            self.finish(sent)
+            await close_body(body)
+        return True
+
+
+def answer(edge: EdgeState, head: RequestHead, client: str | None) -> bytes | FileHit | None:
+    """The whole response to `head` (head and body), a FileHit to send, or
+    None: the full path's."""
     started = time.monotonic()
     store = edge.store
     if not isinstance(store, TieredStore):
@@ -254,6 +297,7 @@ def answer(edge: EdgeState, head: RequestHead, client: str | None) -> bytes | No
         return None
     entry = d.entry
     body = b""
+    from_file = False
     if d.outcome is Precondition.NOT_MODIFIED:
         status = 304
     else:
@@ -262,41 +306,101 @@ def answer(edge: EdgeState, head: RequestHead, client: str | None) -> bytes | No
             return None
         if method == "GET":
             hot = store.hot_body(entry)
-            if hot is None or hot.data is None:
-                return None
+            if hot is not None and hot.data is not None:
+                body = hot.data
+            elif status != 200 or entry.body_size <= store.max_object or not _SENDFILE:
+                return None  # not yet read into memory: the full path fills it
+            else:
+                from_file = True  # a body the hot tier never holds: sendfile
             if (
                 status == 200
-                and evaluate_range(method, headers, entry.fields, hot.size) is not IGNORE
+                and evaluate_range(method, headers, entry.fields, entry.body_size) is not IGNORE
             ):
                 return None  # a 206 or 416: the full path's
-            body = hot.data
     wire = _wire_head(store, snap, route, entry, status)
     if wire is None:
         return None
-    # Committed: counted as the full path counts a hot hit (TieredStore.lookup,
-    # Responder.serve_stored).
-    store.hits += 1
-    counters = edge.counters
-    if status == 304:
-        counters["client_304"] += 1
-    counters["hits"] += 1
-    counters["wire_hits"] += 1  # of those, answered here (in /stats)
     rid = request_id(headers.get(REQUEST_ID))
     cache_status, cache = wire.status(d.ttl, status, cfg.cache.status_name)
     out = wire.render((str(max(0, d.age)).encode(), cache_status, rid.encode()))
+    sent = _Sent(edge, snap, wire, head, headers, client, rid, route.name, status, cache)
+    sent.at, sent.started = at, started
+    if from_file:
+        return FileHit(store, entry, out, sent.account)
     if body:
         out += body
-    nbytes = len(body)
-    route_name = route.name
-    edge.outcomes[cache] += 1
-    edge.metrics.served(route_name, method, cache, _SOURCE, nbytes)
-    if access_logged(snap):  # as proxy.account, with the line's fixed runs kept
-        if cfg.log.access_format == "json":
-            asked, answered = wire.line_parts(method, head.target, nbytes, cache, route_name)
-            duration = round((time.monotonic() - started) * 1000, 3)
-            emit_line(json_line(at, json_client(client), asked, duration, answered, rid))
-        else:
-            asked_by = (client, method, head.target, "HTTP/1.1", headers)
-            answer_was = (rid, route_name, status, cache, nbytes)
-            emit(access_record((at, started), asked_by, answer_was), cfg.log.access_format)
+    sent.account(len(body))
     return out
+
+
+class _Sent:
+    """Accounting of an answer sent here, as the full path accounts a hot hit
+    (TieredStore.lookup's hit, Responder.serve_stored's counters,
+    proxy.account's outcome, metrics and access line)."""
+
+    __slots__ = (
+        "at",
+        "cache",
+        "client",
+        "edge",
+        "head",
+        "headers",
+        "rid",
+        "route",
+        "snap",
+        "started",
+        "status",
+        "wire",
+    )
+
+    def __init__(
+        self,
+        edge: EdgeState,
+        snap: Snapshot,
+        wire: WireHead,
+        head: RequestHead,
+        headers: CIMultiDict[str],
+        client: str | None,
+        rid: str,
+        route: str,
+        status: int,
+        cache: str,
+    ) -> None:
+        self.edge, self.snap, self.wire, self.head, self.headers = edge, snap, wire, head, headers
+        self.client, self.rid, self.route, self.status, self.cache = (
+            client,
+            rid,
+            route,
+            status,
+            cache,
+        )
+        self.at = self.started = 0.0
+
+    def account(self, nbytes: int) -> None:
+        edge, snap, head, cache, route = self.edge, self.snap, self.head, self.cache, self.route
+        store = edge.store
+        assert isinstance(store, TieredStore)
+        store.hits += 1
+        counters = edge.counters
+        if self.status == 304:
+            counters["client_304"] += 1
+        counters["hits"] += 1
+        counters["wire_hits"] += 1  # of those, answered here (in /stats)
+        edge.outcomes[cache] += 1
+        edge.metrics.served(route, head.method, cache, _SOURCE, nbytes)
+        if not access_logged(snap):
+            return
+        cfg = snap.config
+        if cfg.log.access_format == "json":  # the line's fixed runs kept per head
+            asked, answered = self.wire.line_parts(head.method, head.target, nbytes, cache, route)
+            duration = round((time.monotonic() - self.started) * 1000, 3)
+            line = json_line(self.at, json_client(self.client), asked, duration, answered, self.rid)
+            emit_line(line)
+        else:
+            asked_by = (self.client, head.method, head.target, "HTTP/1.1", self.headers)
+            answer_was = (self.rid, route, self.status, cache, nbytes)
+            record = access_record((self.at, self.started), asked_by, answer_was)
+            emit(record, cfg.log.access_format)
+
+
+_SENDFILE = hasattr(os, "sendfile")

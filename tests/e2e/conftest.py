@@ -29,6 +29,7 @@ BOTH_HIT_PATHS = frozenset(
         "test_purge_method",
         "test_ranges",
         "test_routing",
+        "test_sendfile",
         "test_serving",
         "test_stale",
         "test_storing",

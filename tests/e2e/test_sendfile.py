@@ -6,7 +6,7 @@ stored, then served whole and by ranges (RFC 9110 section 14) while this
 process's resident memory is sampled; every byte is checked, and the Python
 read path (`proxy._pread`) is made to fail, so a pass means zero-copy.
 
-`_sendfile` itself is driven on both event loops (asyncio and uvloop: uvloop
+`send_file` itself is driven on both event loops (asyncio and uvloop: uvloop
 has no `loop.sendfile`) against a socket with a tiny buffer and a reader that
 starts late, so the waits for room in the socket and the flush of bytes the
 transport already held are exercised, not just the one-call fast case.
@@ -184,7 +184,7 @@ async def test_small_hot_bodies_are_written_from_memory(
     assert sendfile_calls == []
 
 
-# -- _sendfile on both loops, with back-pressure ------------------------------
+# -- send_file on both loops, with back-pressure ------------------------------
 
 
 def loop_factories() -> list[Any]:
@@ -198,7 +198,7 @@ def loop_factories() -> list[Any]:
     return factories
 
 
-@pytest.mark.no_blockbuster  # the test's own reader thread and file setup block; _sendfile's
+@pytest.mark.no_blockbuster  # the test's own reader thread and file setup block; send_file's
 # calls run on the pool either way
 @pytest.mark.parametrize("loop_factory", loop_factories())
 def test_sendfile_waits_for_room_and_flushes_the_head_first(
@@ -247,7 +247,7 @@ def test_sendfile_waits_for_room_and_flushes_the_head_first(
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_connection(asyncio.Protocol, sock=server_sock)
         transport.write(head)  # type: ignore[attr-defined]
-        sent = await bodies._sendfile(transport, f.fileno(), 1000, len(body) - 1000)
+        sent = await bodies.send_file(transport, f.fileno(), 1000, len(body) - 1000)
         transport.close()
         return sent
 
@@ -275,7 +275,7 @@ async def test_sendfile_to_a_client_that_left_is_a_connection_reset(tmp_path: An
     f = await asyncio.to_thread(open, path, "rb")
     try:
         with pytest.raises(ConnectionResetError):
-            await bodies._sendfile(transport, f.fileno(), 0, 4 << 20)
+            await bodies.send_file(transport, f.fileno(), 0, 4 << 20)
     finally:
         transport.close()
         await asyncio.to_thread(f.close)

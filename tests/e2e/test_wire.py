@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -276,4 +278,146 @@ async def test_a_fast_path_failure_costs_only_speed(
     assert body == BODY and fields["cache-status"].startswith("edgeproxy; hit")
     if hit_path == "wire":
         assert "wire fast path failed on /a" in caplog.text
+    conn.close()
+
+
+# -- file-backed hits: head from the protocol, body by sendfile in a task ------
+
+BIG = bytes(range(256)) * 4096  # 1 MiB: above the hot tier's max object here
+
+
+async def big_proxy(make_proxy: MakeProxy, origin: ScriptedOrigin, **kw: Any) -> Proxy:
+    origin.script("/big", Reply(body=BIG, headers=dict(FIELDS)))
+    origin.script("/a", Reply(body=BODY, headers=dict(FIELDS)))
+    return await make_proxy(origin_url(origin), memory_max_object=64 << 10, **kw)
+
+
+async def test_file_hits_same_bytes_and_in_order(
+    make_proxy: MakeProxy, origin: ScriptedOrigin, tmp_path: Any, hit_path: str
+) -> None:
+    """A file-backed hit from the protocol is byte for byte aiohttp's, and
+    what the client pipelined behind it is answered after it, in order."""
+    on = await big_proxy(make_proxy, origin, cache_dir=str(tmp_path / "on"))
+    off = await make_proxy(
+        origin_url(origin), cache_dir=str(tmp_path / "off"), fast_path=False,
+        memory_max_object=64 << 10,
+    )  # fmt: skip
+    seen = []
+    for proxy in (on, off):
+        conn = await Conn.open(proxy)
+        await warm(conn, "/big")
+        await warm(conn, "/a")
+        before = wire_hits(proxy)
+        await conn.send(get("/big") + get("/a") + get("/big", method=b"HEAD") + get("/big"))
+        answers = []
+        for i in range(4):
+            head, _, body = await conn.response(head_only=i == 2)
+            answers.append(re.sub(rb"X-Request-Id: [0-9a-f]+", b"X-Request-Id: *", head) + body)
+        conn.close()
+        seen.append(answers)
+        expected = 4 if proxy is on and hit_path == "wire" else 0
+        assert wire_hits(proxy) - before == expected
+    assert seen[0] == seen[1]
+    assert all(seen[0][i].endswith(BIG) for i in (0, 3)) and seen[0][1].endswith(BODY)
+    assert origin.hits("/big") == 2  # one miss per proxy
+
+
+def remove_body_files(directory: str) -> int:
+    """Delete diskcache's value files (bodies above its inline size)."""
+    files = list(Path(directory).rglob("*.val"))
+    for f in files:
+        f.unlink()
+    return len(files)
+
+
+async def test_a_file_hit_whose_body_went_is_the_full_paths(
+    make_proxy: MakeProxy, origin: ScriptedOrigin, hit_path: str
+) -> None:
+    """The body file vanished under a hot entry (damage, an outside hand):
+    nothing was written yet, so the full path answers it (a miss, fetched)."""
+    p = await big_proxy(make_proxy, origin)
+    conn = await Conn.open(p)
+    await warm(conn, "/big")
+    assert await asyncio.to_thread(remove_body_files, p.config.cache.directory)
+    await conn.send(get("/big"))
+    _, fields, body = await conn.response()
+    assert body == BIG
+    assert "fwd=uri-miss" in fields["cache-status"]
+    assert origin.hits("/big") == 2
+    conn.close()
+
+
+async def test_a_client_that_leaves_mid_file_hit_costs_nothing(
+    make_proxy: MakeProxy, origin: ScriptedOrigin, caplog: pytest.LogCaptureFixture
+) -> None:
+    huge = os.urandom(1 << 20) * 8  # 8 MiB: more than the socket takes at once
+    origin.script("/huge", Reply(body=huge, headers=dict(FIELDS)))
+    p = await make_proxy(origin_url(origin), memory_max_object=64 << 10)
+    conn = await Conn.open(p)
+    await warm(conn, "/huge")
+    with caplog.at_level(logging.WARNING, "edgeproxy"):
+        for _ in range(5):
+            leaving = await Conn.open(p)
+            await leaving.send(get("/huge"))
+            await leaving.reader.readexactly(1000)  # the head has started
+            leaving.writer.transport.abort()  # gone, mid-body
+        await asyncio.sleep(0.2)
+        await conn.send(get("/huge"))
+        _, _, body = await conn.response()
+    assert body == huge
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    conn.close()
+
+
+async def test_shutdown_drains_a_file_hit_in_flight(
+    make_proxy: MakeProxy, origin: ScriptedOrigin, hit_path: str
+) -> None:
+    """The drain waits for a body being sent from the protocol, as it waits
+    for aiohttp's handlers: a slow reader still gets all of it."""
+    huge = os.urandom(1 << 20) * 16
+    origin.script("/huge", Reply(body=huge, headers=dict(FIELDS)))
+    p = await make_proxy(origin_url(origin), memory_max_object=64 << 10)
+    conn = await Conn.open(p)
+    await warm(conn, "/huge")
+    await conn.send(get("/huge"))
+    head = await asyncio.wait_for(conn.reader.readuntil(b"\r\n\r\n"), 5)
+    closing = asyncio.create_task(p.close())
+    got = bytearray()
+    while len(got) < len(huge):  # slowly: the drain must outlast it
+        chunk = await asyncio.wait_for(conn.reader.read(1 << 20), 5)
+        assert chunk, f"cut off at {len(got)} of {len(huge)}"
+        got += chunk
+        await asyncio.sleep(0.01)
+    await asyncio.wait_for(closing, 20)
+    assert head.startswith(b"HTTP/1.1 200") and bytes(got) == huge
+    conn.close()
+
+
+async def test_a_slow_file_hit_outlasts_the_keepalive_timeout(
+    make_proxy: MakeProxy, origin: ScriptedOrigin, hit_path: str
+) -> None:
+    """Keep-alive closes idle connections; one sending a body is not idle."""
+    import dataclasses
+
+    from edgeproxy.config import Limits
+
+    huge = os.urandom(1 << 20) * 16
+    origin.script("/huge", Reply(body=huge, headers=dict(FIELDS)))
+    p = await make_proxy(origin_url(origin), memory_max_object=64 << 10)
+    warming = await Conn.open(p)
+    await warm(warming, "/huge")
+    warming.close()
+    edge = p.app[EDGE]  # limits are read as a connection opens: the next one
+    cfg = dataclasses.replace(edge.snapshot.config, limits=Limits(keepalive_timeout=0.2))
+    edge.snapshot = dataclasses.replace(edge.snapshot, config=cfg)
+    conn = await Conn.open(p)
+    await conn.send(get("/huge"))
+    await asyncio.wait_for(conn.reader.readuntil(b"\r\n\r\n"), 5)
+    got = 0
+    while got < len(huge):  # ~0.8 s in all: four keep-alive timeouts
+        chunk = await asyncio.wait_for(conn.reader.read(1 << 20), 5)
+        assert chunk, f"cut off at {got} of {len(huge)}"
+        got += len(chunk)
+        await asyncio.sleep(0.05)
+    assert got == len(huge)
     conn.close()
