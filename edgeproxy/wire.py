@@ -34,6 +34,7 @@ field by field, and the hit tests run on both paths: tests/e2e/conftest.py).
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import time
 from collections.abc import Callable
@@ -323,84 +324,54 @@ def answer(edge: EdgeState, head: RequestHead, client: str | None) -> bytes | Fi
     rid = request_id(headers.get(REQUEST_ID))
     cache_status, cache = wire.status(d.ttl, status, cfg.cache.status_name)
     out = wire.render((str(max(0, d.age)).encode(), cache_status, rid.encode()))
-    sent = _Sent(edge, snap, wire, head, headers, client, rid, route.name, status, cache)
-    sent.at, sent.started = at, started
+    done = (edge, snap, wire, head, headers, client, rid, route.name, status, cache, at, started)
     if from_file:
-        return FileHit(store, entry, out, sent.account)
+        return FileHit(store, entry, out, functools.partial(_account, *done))
     if body:
         out += body
-    sent.account(len(body))
+    _account(*done, len(body))
     return out
 
 
-class _Sent:
-    """Accounting of an answer sent here, as the full path accounts a hot hit
+def _account(
+    edge: EdgeState,
+    snap: Snapshot,
+    wire: WireHead,
+    head: RequestHead,
+    headers: CIMultiDict[str],
+    client: str | None,
+    rid: str,
+    route: str,
+    status: int,
+    cache: str,
+    at: float,
+    started: float,
+    nbytes: int,
+) -> None:
+    """An answer sent here, accounted as the full path accounts a hot hit
     (TieredStore.lookup's hit, Responder.serve_stored's counters,
     proxy.account's outcome, metrics and access line)."""
-
-    __slots__ = (
-        "at",
-        "cache",
-        "client",
-        "edge",
-        "head",
-        "headers",
-        "rid",
-        "route",
-        "snap",
-        "started",
-        "status",
-        "wire",
-    )
-
-    def __init__(
-        self,
-        edge: EdgeState,
-        snap: Snapshot,
-        wire: WireHead,
-        head: RequestHead,
-        headers: CIMultiDict[str],
-        client: str | None,
-        rid: str,
-        route: str,
-        status: int,
-        cache: str,
-    ) -> None:
-        self.edge, self.snap, self.wire, self.head, self.headers = edge, snap, wire, head, headers
-        self.client, self.rid, self.route, self.status, self.cache = (
-            client,
-            rid,
-            route,
-            status,
-            cache,
-        )
-        self.at = self.started = 0.0
-
-    def account(self, nbytes: int) -> None:
-        edge, snap, head, cache, route = self.edge, self.snap, self.head, self.cache, self.route
-        store = edge.store
-        assert isinstance(store, TieredStore)
-        store.hits += 1
-        counters = edge.counters
-        if self.status == 304:
-            counters["client_304"] += 1
-        counters["hits"] += 1
-        counters["wire_hits"] += 1  # of those, answered here (in /stats)
-        edge.outcomes[cache] += 1
-        edge.metrics.served(route, head.method, cache, _SOURCE, nbytes)
-        if not access_logged(snap):
-            return
-        cfg = snap.config
-        if cfg.log.access_format == "json":  # the line's fixed runs kept per head
-            asked, answered = self.wire.line_parts(head.method, head.target, nbytes, cache, route)
-            duration = round((time.monotonic() - self.started) * 1000, 3)
-            line = json_line(self.at, json_client(self.client), asked, duration, answered, self.rid)
-            emit_line(line)
-        else:
-            asked_by = (self.client, head.method, head.target, "HTTP/1.1", self.headers)
-            answer_was = (self.rid, route, self.status, cache, nbytes)
-            record = access_record((self.at, self.started), asked_by, answer_was)
-            emit(record, cfg.log.access_format)
+    store = edge.store
+    assert isinstance(store, TieredStore)
+    store.hits += 1
+    counters = edge.counters
+    if status == 304:
+        counters["client_304"] += 1
+    counters["hits"] += 1
+    counters["wire_hits"] += 1  # of those, answered here (in /stats)
+    edge.outcomes[cache] += 1
+    edge.metrics.served(route, head.method, cache, _SOURCE, nbytes)
+    if not access_logged(snap):
+        return
+    fmt = snap.config.log.access_format
+    if fmt == "json":  # the line's fixed runs kept per head
+        asked, answered = wire.line_parts(head.method, head.target, nbytes, cache, route)
+        duration = round((time.monotonic() - started) * 1000, 3)
+        emit_line(json_line(at, json_client(client), asked, duration, answered, rid))
+    else:
+        asked_by = (client, head.method, head.target, "HTTP/1.1", headers)
+        answer_was = (rid, route, status, cache, nbytes)
+        emit(access_record((at, started), asked_by, answer_was), fmt)
 
 
 _SENDFILE = hasattr(os, "sendfile")
