@@ -16,13 +16,7 @@ from edgeproxy.http.conditionals import Precondition, evaluate
 from edgeproxy.http.fields import Headers
 from edgeproxy.http.vary import matches
 from edgeproxy.policy.entry import Entry
-from edgeproxy.policy.freshness import (
-    current_age,
-    freshness_lifetime,
-    is_fresh,
-    may_serve_stale,
-    ttl,
-)
+from edgeproxy.policy.freshness import freshness, may_serve_stale
 from edgeproxy.policy.settings import CachePolicy
 from edgeproxy.policy.validation import conditional_request_headers, has_validator
 
@@ -106,9 +100,7 @@ def decide(
 def decide_stored(request: Request, entry: Entry, policy: CachePolicy, now: float) -> Decision:
     """Section 4: may the selected response be reused for this request?"""
     cc = entry.cache_control
-    age = current_age(entry, now)
-    lifetime = freshness_lifetime(entry, policy)
-    fresh = is_fresh(entry, policy, now)
+    age, lifetime, fresh, remaining = freshness(entry, policy, now)
     must_validate = (cc.has("no-cache") and cc.field_names("no-cache") is None) or request.cc.has(
         "no-cache"
     )
@@ -135,7 +127,7 @@ def decide_stored(request: Request, entry: Entry, policy: CachePolicy, now: floa
             else Precondition.PASS
         )
         # ttl() keeps a soft-purged entry's ttl at or below zero.
-        return Serve(entry, int(age), ttl(entry, policy, now), outcome, stale)
+        return Serve(entry, int(age), remaining, outcome, stale)
     if request.cc.has("only-if-cached"):
         return OnlyIfCachedMiss()
     # fwd=request when the client forced it (no-cache, or max-age/min-fresh on

@@ -111,16 +111,23 @@ def _age_value(value: str | None) -> float:
 
 
 def is_fresh(entry: Entry, policy: CachePolicy, now: float) -> bool:
-    if entry.soft_purged:
-        return False
-    return freshness_lifetime(entry, policy) > current_age(entry, now)
+    return freshness(entry, policy, now)[2]
 
 
 def ttl(entry: Entry, policy: CachePolicy, now: float) -> int:
     """Remaining freshness in whole seconds; negative once stale (RFC 9211 ttl)."""
+    return freshness(entry, policy, now)[3]
+
+
+def freshness(entry: Entry, policy: CachePolicy, now: float) -> tuple[float, float, bool, int]:
+    """(current age, freshness lifetime, fresh, ttl) at `now`, worked out once:
+    a soft-purged entry is never fresh and its ttl is at most 0."""
+    age = current_age(entry, now)
+    lifetime = freshness_lifetime(entry, policy)
+    remaining = int(lifetime - age)
     if entry.soft_purged:
-        return min(0, int(freshness_lifetime(entry, policy) - current_age(entry, now)))
-    return int(freshness_lifetime(entry, policy) - current_age(entry, now))
+        return age, lifetime, False, min(0, remaining)
+    return age, lifetime, lifetime > age, remaining
 
 
 def stale_forbidden(cc: CacheControl) -> bool:

@@ -35,7 +35,7 @@ class _Hot:
     bodies: dict[str, Body] = field(default_factory=dict)
     nbytes: int = 0
     meta_bytes: int = 0
-    built: dict[str, tuple[object, object]] = field(default_factory=dict)
+    built: dict[str, tuple[object, object, Entry]] = field(default_factory=dict)
 
 
 def metadata_size(key: str, entries: list[Entry]) -> int:
@@ -89,13 +89,17 @@ class MemoryTier:
         304) is built every time.
         """
         hot = self._keys.get(entry.key)
-        if hot is None or hot.entries is None or not any(e is entry for e in hot.entries):
+        if hot is None or hot.entries is None:
             return build(entry)
         got = hot.built.get(entry.variant)
-        if got is not None and got[0] is build:
+        # Kept for this very entry: it is still listed (a change of the list
+        # clears `built`), so no need to look for it in the list again.
+        if got is not None and got[0] is build and got[2] is entry:
             return cast(T, got[1])
+        if not any(e is entry for e in hot.entries):
+            return build(entry)
         value = build(entry)
-        hot.built[entry.variant] = (build, value)
+        hot.built[entry.variant] = (build, value, entry)
         return value
 
     # -- writes -------------------------------------------------------------

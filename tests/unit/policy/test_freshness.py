@@ -7,6 +7,7 @@ import pytest
 from edgeproxy.http.cache_control import parse_cache_control
 from edgeproxy.policy.freshness import (
     current_age,
+    freshness,
     freshness_lifetime,
     heuristic_lifetime,
     is_fresh,
@@ -282,6 +283,9 @@ def test_is_fresh_and_ttl(
     entry = make_entry(fields, soft_purged=soft_purged)
     assert is_fresh(entry, DEFAULT, T0 + elapsed) is fresh
     assert ttl(entry, DEFAULT, T0 + elapsed) == expected_ttl
+    # decide() takes all four at once; the same answers.
+    age, lifetime = current_age(entry, T0 + elapsed), freshness_lifetime(entry, DEFAULT)
+    assert freshness(entry, DEFAULT, T0 + elapsed) == (age, lifetime, fresh, expected_ttl)
 
 
 # -- stale_forbidden: section 4.2.4 and the directives it names ----------------
