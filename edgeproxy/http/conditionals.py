@@ -49,11 +49,11 @@ def evaluate(
     """
     if not has_preconditions(request):
         return Precondition.PASS  # every step below starts from one of them
+    # The stored validators are read only by the steps that use them.
     etag = parse_etag(combined(stored, "etag"))
-    last_modified = parse_http_date(combined(stored, "last-modified"))
 
     # Step 1: If-Match, strong comparison (13.1.1).
-    if_match = combined(request, "if-match")
+    if_match = combined(request, "if-match") if "if-match" in request else None
     if if_match is not None:
         tags = parse_etag_list(if_match)
         # "*": true when a current representation exists; the selected stored
@@ -66,9 +66,11 @@ def evaluate(
     else:
         # Step 2: If-Unmodified-Since, only without If-Match; ignored when
         # invalid or when there is no modification date (13.1.4).
-        ius = parse_http_date(combined(request, "if-unmodified-since"))
-        if ius is not None and last_modified is not None and last_modified > ius:
-            return Precondition.FAILED
+        if "if-unmodified-since" in request:
+            ius = parse_http_date(combined(request, "if-unmodified-since"))
+            last_modified = parse_http_date(combined(stored, "last-modified"))
+            if ius is not None and last_modified is not None and last_modified > ius:
+                return Precondition.FAILED
 
     # Step 3: If-None-Match, weak comparison (13.1.2).
     if_none_match = combined(request, "if-none-match")
@@ -85,6 +87,7 @@ def evaluate(
     if method in ("GET", "HEAD"):
         ims = parse_http_date(combined(request, "if-modified-since"))
         if ims is not None:
+            last_modified = parse_http_date(combined(stored, "last-modified"))
             validator = last_modified if last_modified is not None else stored_time
             if validator <= ims:
                 return Precondition.NOT_MODIFIED
