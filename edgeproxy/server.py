@@ -420,8 +420,16 @@ class _AnyMethodProtocol(web_protocol.RequestHandler):
         its own handlers)."""
         task = self._file_hit_task
         if task is not None:
-            with contextlib.suppress(asyncio.TimeoutError, Exception):
+            try:
                 await asyncio.wait_for(asyncio.shield(task), timeout)
+            except asyncio.CancelledError:
+                # The send was cancelled (its client left): go on with the
+                # drain, unless it is the drain itself being cancelled.
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise
+            except TimeoutError:
+                pass  # past the drain: aiohttp's shutdown closes the connection
         await super().shutdown(timeout)
 
     def _head_timed_out(self) -> None:

@@ -421,3 +421,25 @@ async def test_a_slow_file_hit_outlasts_the_keepalive_timeout(
         await asyncio.sleep(0.05)
     assert got == len(huge)
     conn.close()
+
+
+async def test_a_client_leaving_during_the_drain_ends_it(
+    make_proxy: MakeProxy, origin: ScriptedOrigin, hit_path: str
+) -> None:
+    """A file hit's client leaves while shutdown waits for it: the drain goes
+    on at once (the send is cancelled), nothing raises."""
+    huge = os.urandom(1 << 20) * 16
+    origin.script("/huge", Reply(body=huge, headers=dict(FIELDS)))
+    p = await make_proxy(origin_url(origin), memory_max_object=64 << 10)
+    conn = await Conn.open(p)
+    await warm(conn, "/huge")
+    await conn.send(get("/huge"))
+    await asyncio.wait_for(conn.reader.readuntil(b"\r\n\r\n"), 5)  # sending, unread
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    closing = asyncio.create_task(p.close())
+    await asyncio.sleep(0.1)
+    assert not closing.done()  # the drain waits for the body being sent
+    conn.writer.transport.abort()
+    await asyncio.wait_for(closing, 10)
+    assert loop.time() - started < 5
