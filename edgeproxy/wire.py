@@ -11,17 +11,19 @@ then reads the very same head.
 It answers only when the full path would answer exactly the same way from
 the same hot entry, by calling the same functions in the same order:
 `proxy.locate`/`select` (Host, route) and `route_key` (once per URL and
-snapshot: `_RouteMemo`), `decide` (RFC 9111
-section 4: Vary, freshness, request Cache-Control; RFC 9110 section 13:
-the client's conditionals), `evaluate_range` (a Range is left to the full
-path), the per-entry head template (`serving.stored_template`), and
-the accounting of `proxy.account` (outcome counts, metrics, the access line:
-its fixed runs kept per head, accesslog.json_parts). What it takes:
+snapshot: `_RouteMemo`), `decide` (RFC 9111 section 4: Vary, freshness,
+request Cache-Control; RFC 9110 section 13: the client's conditionals),
+`evaluate_range` (a Range is left to the full path), the per-entry head
+template (`serving.stored_template`), and the accounting of `proxy.account`
+(outcome counts, metrics, the access line: its fixed runs kept per head,
+accesslog.json_parts). What it takes:
 
 - a plain HTTP/1.1 GET or HEAD head (http/request_head.py), on an idle
   keep-alive connection that isn't paused for writing;
 - a routed, caching route, and a key whose variants are in the hot tier
-  with, for a GET, the body too;
+  with, for a GET, the body too, or a 200 whose body is a file (above the
+  hot tier's max object): then a `FileHit`, which the protocol sends in a
+  task (head, then sendfile) while it holds what the client sent after it;
 - a fresh `Serve` decision whose outcome is the stored response or a 304
   (a 412, anything stale, a miss or a Range: the full path).
 
