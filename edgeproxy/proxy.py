@@ -163,18 +163,17 @@ def access_logged(snap: Snapshot) -> bool:
 
 
 class Located(NamedTuple):
-    """Where a request goes: its normalised host, origin-form target, route."""
+    """Where a request goes: its normalised host and origin-form target."""
 
     host: str
     target: str
-    route: Route | None  # None: no route serves it
     absolute: bool  # the target came in absolute-form
 
 
-def locate(cfg: Config, target: str, host: str | None) -> Located | str:
-    """The request's host, target and route, or why it is refused (a 400's
-    reason). The one reading of a request's address, for both the aiohttp
-    handler and the wire fast path (wire.py)."""
+def locate(target: str, host: str | None) -> Located | str:
+    """The request's host and target, or why it is refused (a 400's reason).
+    The one reading of a request's address, for both the aiohttp handler
+    and the wire fast path (wire.py); `select` then finds its route."""
     absolute = not target.startswith("/")
     if absolute:
         absolute_form = _absolute_form(target, host)
@@ -190,12 +189,13 @@ def locate(cfg: Config, target: str, host: str | None) -> Located | str:
     if not _VALID_HOST.fullmatch(host):
         return "invalid Host (RFC 9112 section 3.2)"
     host = normalise_host(host, "http")
-    return Located(host, target, None, absolute)
+    return Located(host, target, absolute)
 
 
-def select(cfg: Config, at: Located, method: str) -> Located:
+def select(cfg: Config, at: Located, method: str) -> Route | None:
+    """The route that serves `at` for `method`, if any."""
     path = at.target.partition("?")[0]
-    return at._replace(route=select_route(cfg.routes, cfg.default_route, at.host, path, method))
+    return select_route(cfg.routes, cfg.default_route, at.host, path, method)
 
 
 _VALID_HOST = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]+)(?::[0-9]*)?")
@@ -207,12 +207,13 @@ async def _route(
     """The exchange for a routed request, or the answer (and route name, if
     any) for one the edge answers itself."""
     cfg = snap.config
-    at = locate(cfg, request.raw_path, request.headers.get("Host"))
+    at = locate(request.raw_path, request.headers.get("Host"))
     if isinstance(at, str):
         return _refuse(f"Bad Request: {at}\n"), None
     if request.method == "PURGE" and cfg.admin.purge_method:
         return await handle_purge(request, edge, at.host, at.target), None
-    host, target, route, absolute = select(cfg, at, request.method)
+    host, target, absolute = at
+    route = select(cfg, at, request.method)
     if route is None and absolute:
         # Not ours: an edge is no forward proxy for other hosts.
         return _refuse(f"Bad Request: {bare_host(host)} is not served here\n"), None

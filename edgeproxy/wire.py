@@ -218,10 +218,11 @@ def _find(
     snap: Snapshot, host: str | None, target: str, method: str
 ) -> tuple[Route, str, str | None] | None:
     cfg = snap.config
-    where = locate(cfg, target, host)
+    where = locate(target, host)
     if not isinstance(where, Located) or where.absolute:
         return None
-    host, target, route, _ = select(cfg, where, method)
+    host, target = where.host, where.target
+    route = select(cfg, where, method)
     if route is None or route.origin is None or not route.cache:
         return None
     if route.key.headers or route.key.cookies:
