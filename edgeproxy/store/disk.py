@@ -374,6 +374,11 @@ class DiskStore:
         # variants diskcache evicted to make room for it (see _set_body).
         self.on_evict: Callable[[list[str]], None] | None = None
         self._local = threading.local()  # per pool thread: eviction notes (_set_body)
+        # One writer at a time in this process (`_txn`, `_set_body`): the pool
+        # threads queue here, where a release wakes the next at once, not in
+        # SQLite's busy handler, which sleeps 1-100 ms between tries. SQLite's
+        # own lock still orders the worker processes; readers never take this.
+        self._write_lock = threading.RLock()
 
     @property
     def directory(self) -> str:
@@ -500,7 +505,7 @@ class DiskStore:
     @contextlib.contextmanager
     def _txn(self) -> Iterator[Sql]:
         """BEGIN IMMEDIATE on this thread's connection; diskcache calls nest in it."""
-        with self._cache.transact():
+        with self._write_lock, self._cache.transact():
             yield self._sql
 
     def _drop(self, sql: Sql, vid: int, variant: str) -> None:
@@ -839,13 +844,15 @@ class DiskStore:
         returns the primary keys of the variants it evicted (when `watch`)."""
         read = not isinstance(value, bytes)
         if not watch:
-            self._cache.set(body_key, value, read=read)
+            with self._write_lock:
+                self._cache.set(body_key, value, read=read)
             return []
         local = self._local
         notes: list[str] = []
         local.notes = notes
         try:
-            self._cache.set(body_key, value, read=read)
+            with self._write_lock:
+                self._cache.set(body_key, value, read=read)
         finally:
             local.notes = None
         return notes
