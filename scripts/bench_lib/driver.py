@@ -108,10 +108,14 @@ class Outcome:
 
     def ratio(self, name: str, ref: str, metric: str | None = None) -> float | None:
         """Median of the per-round ratios: each round's runs sat side by side."""
+        ratios = self.ratios(name, ref, metric)
+        return statistics.median(ratios) if ratios else None
+
+    def ratios(self, name: str, ref: str, metric: str | None = None) -> list[float]:
+        """The per-round ratios (their spread shows how noisy the machine was)."""
         m = metric or self.scenario.metric
         pairs = zip(self.runs.get(name, []), self.runs.get(ref, []), strict=False)
-        ratios = [a.value(m) / b.value(m) for a, b in pairs if b.value(m) > 0]
-        return statistics.median(ratios) if ratios else None
+        return [a.value(m) / b.value(m) for a, b in pairs if b.value(m) > 0]
 
 
 @dataclass
@@ -517,6 +521,7 @@ def summary_rows(outcomes: list[Outcome], mems: list[MemResult]) -> list[list[st
         unit = " req/cpu-s" if sc.metric == "rpc" else ""
         ref = sc.reference
         ratio = o.ratio(subject, ref) if ref else None
+        spread = o.ratios(subject, ref) if ref else []
         cpu_ratio = o.ratio(subject, ref, "rpc") if ref else None
         if o.problems.get(subject) or (ref and o.problems.get(ref)):
             met = "CHECK"
@@ -533,6 +538,7 @@ def summary_rows(outcomes: list[Outcome], mems: list[MemResult]) -> list[list[st
                 LABELS.get(ref, ref) if ref else "-",
                 _num(o.median(ref, "value")) + unit if ref else "-",
                 f"{ratio:.2f}x" if ratio is not None else "-",
+                f"{min(spread):.2f}-{max(spread):.2f}x" if spread else "-",
                 f"{cpu_ratio:.2f}x" if cpu_ratio is not None else "-",
                 f">= {sc.target:.2f}x" if sc.target is not None else "-",
                 met,
@@ -543,7 +549,8 @@ def summary_rows(outcomes: list[Outcome], mems: list[MemResult]) -> list[list[st
         )
     for m in mems:
         met = "yes" if m.ok else "NO"
-        rows.append([m.name, "-", "-", "-", "-", "-", m.limit, met, "-", "-", _mib(m.peak_kib)])
+        blank = ["-"] * 6  # no throughput, reference or ratios for memory
+        rows.append([m.name, *blank, m.limit, met, "-", "-", _mib(m.peak_kib)])
     return rows
 
 
@@ -730,6 +737,7 @@ async def amain(opts: argparse.Namespace, tmp: Path, procs: Procs) -> int:
                 "reference",
                 "ref req/s",
                 "ratio",
+                "rounds",
                 "ratio/cpu-s",
                 "target",
                 "met?",
