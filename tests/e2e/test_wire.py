@@ -369,17 +369,26 @@ async def test_a_client_that_leaves_mid_file_hit_costs_nothing(
     conn.close()
 
 
-async def test_shutdown_drains_a_file_hit_in_flight(
-    make_proxy: MakeProxy, origin: ScriptedOrigin, hit_path: str
-) -> None:
-    """The drain waits for a body being sent from the protocol, as it waits
-    for aiohttp's handlers: a slow reader still gets all of it."""
+async def sending_a_file_hit(
+    make_proxy: MakeProxy, origin: ScriptedOrigin
+) -> tuple[Proxy, Conn, bytes]:
+    """A proxy with a stored 16 MiB file body, and a connection that has just
+    asked for it again (a file hit, more than the socket takes at once)."""
     huge = os.urandom(1 << 20) * 16
     origin.script("/huge", Reply(body=huge, headers=dict(FIELDS)))
     p = await make_proxy(origin_url(origin), memory_max_object=64 << 10)
     conn = await Conn.open(p)
     await warm(conn, "/huge")
     await conn.send(get("/huge"))
+    return p, conn, huge
+
+
+async def test_shutdown_drains_a_file_hit_in_flight(
+    make_proxy: MakeProxy, origin: ScriptedOrigin, hit_path: str
+) -> None:
+    """The drain waits for a body being sent from the protocol, as it waits
+    for aiohttp's handlers: a slow reader still gets all of it."""
+    p, conn, huge = await sending_a_file_hit(make_proxy, origin)
     head = await asyncio.wait_for(conn.reader.readuntil(b"\r\n\r\n"), 5)
     closing = asyncio.create_task(p.close())
     got = bytearray()
@@ -428,12 +437,7 @@ async def test_a_client_leaving_during_the_drain_ends_it(
 ) -> None:
     """A file hit's client leaves while shutdown waits for it: the drain goes
     on at once (the send is cancelled), nothing raises."""
-    huge = os.urandom(1 << 20) * 16
-    origin.script("/huge", Reply(body=huge, headers=dict(FIELDS)))
-    p = await make_proxy(origin_url(origin), memory_max_object=64 << 10)
-    conn = await Conn.open(p)
-    await warm(conn, "/huge")
-    await conn.send(get("/huge"))
+    p, conn, _ = await sending_a_file_hit(make_proxy, origin)
     await asyncio.wait_for(conn.reader.readuntil(b"\r\n\r\n"), 5)  # sending, unread
     loop = asyncio.get_running_loop()
     started = loop.time()
