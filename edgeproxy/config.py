@@ -36,6 +36,9 @@ class Address:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
+OriginClient = Literal["lean", "aiohttp"]
+
+
 @dataclass(frozen=True, slots=True)
 class OriginConfig:
     name: str
@@ -44,6 +47,9 @@ class OriginConfig:
     read_timeout: float = 30.0
     host_header: str | None = None  # Host sent upstream; None = the server's own
     max_connections: int = 100
+    # Body-less GET and HEAD to http:// servers go through the lean client
+    # (h1client.py) unless "aiohttp"; everything else always uses aiohttp's.
+    client: OriginClient = "lean"
     # Balancing, passive ejection and active health checks (pool.py).
     pool: PoolSettings = field(default_factory=PoolSettings)
 
@@ -670,6 +676,9 @@ def _origin(r: _Reader, node: yaml.Node, path: str, name: str) -> OriginConfig |
             m["max_connections"], f"{path}.max_connections", _positive_int, "an integer > 0"
         )
         o = replace(o, max_connections=n) if n is not None else o
+    if "client" in m:
+        c: OriginClient | None = r.scalar(m["client"], f"{path}.client", _client, "lean or aiohttp")
+        o = replace(o, client=c) if c is not None else o
     pool = _pool(r, m, node, path)
     o = replace(o, pool=pool) if pool is not None else o
     return o if servers else None
@@ -682,12 +691,19 @@ ORIGIN_KEYS = {
     "read_timeout",
     "host",
     "max_connections",
+    "client",
     "balance",
     "health_check",
     "fail_threshold",
     "ejection_timeout",
 }
 HEALTH_KEYS = {"path", "interval", "timeout", "rise"}
+
+
+def _client(v: Any) -> OriginClient | None:
+    if v == "lean":
+        return "lean"
+    return "aiohttp" if v == "aiohttp" else None
 
 
 def _balance(v: Any) -> Strategy | None:

@@ -17,6 +17,7 @@ from edgeproxy import compress
 from edgeproxy.bodies import CHUNK
 from edgeproxy.collapse import Flight, Released, Streaming
 from edgeproxy.forwarding import response_headers, storable_fields, via_value
+from edgeproxy.h1client import UpstreamResponse
 from edgeproxy.http.accept_encoding import request_coding
 from edgeproxy.http.cache_control import response_cache_control
 from edgeproxy.http.cache_status import CacheStatus, Fwd
@@ -90,7 +91,7 @@ class Relay(Responder, UpstreamClient):
 
     async def relay(
         self,
-        upstream: aiohttp.ClientResponse,
+        upstream: UpstreamResponse,
         fwd: Fwd,
         request_time: float,
         response_time: float,
@@ -215,7 +216,7 @@ class Relay(Responder, UpstreamClient):
                 await writer.abort()
             self._release(upstream)
 
-    def _transform_plan(self, upstream: aiohttp.ClientResponse, cacheable: bool) -> TransformPlan:
+    def _transform_plan(self, upstream: UpstreamResponse, cacheable: bool) -> TransformPlan:
         """Compress this response? Only on cacheable forwards, whose upstream
         Accept-Encoding was the normalised one (`_upstream_headers`)."""
         if not cacheable:
@@ -229,7 +230,7 @@ class Relay(Responder, UpstreamClient):
             self.policy.targeted,
         )
 
-    def _relayed_fields(self, upstream: aiohttp.ClientResponse, plan: TransformPlan) -> Headers:
+    def _relayed_fields(self, upstream: UpstreamResponse, plan: TransformPlan) -> Headers:
         """The origin's fields as the edge passes them on (to the client and
         the store): transformed by `plan`; a 304 to a client's If-None-Match
         that named our transformed tag gets its ETag transformed back."""
@@ -277,7 +278,7 @@ class Relay(Responder, UpstreamClient):
 
     def _plan_store(
         self,
-        upstream: aiohttp.ClientResponse,
+        upstream: UpstreamResponse,
         fields_in: Headers,
         plan: TransformPlan,
         request_time: float,
@@ -327,7 +328,7 @@ class Relay(Responder, UpstreamClient):
 
     async def _pump(
         self,
-        upstream: aiohttp.ClientResponse,
+        upstream: UpstreamResponse,
         send: Callable[[bytes], Awaitable[None]],
         writer: BodyWriter | None,
         max_size: int,
@@ -392,7 +393,7 @@ class Relay(Responder, UpstreamClient):
             return False, writer, None
         return True, writer, None
 
-    async def _invalidate(self, upstream: aiohttp.ClientResponse) -> None:
+    async def _invalidate(self, upstream: UpstreamResponse) -> None:
         """RFC 9111 section 4.4, with targets turned into our keys."""
         for target in invalidation_targets(
             self.request.method, upstream.status, self.key, upstream.headers
@@ -422,7 +423,7 @@ def _sender(
 
 
 async def _body(
-    upstream: aiohttp.ClientResponse, encoder: compress.Encoder | None
+    upstream: UpstreamResponse, encoder: compress.Encoder | None
 ) -> AsyncGenerator[bytes, None]:
     """The origin's body, CHUNK at a time, compressed by `encoder` if given."""
     if encoder is None:

@@ -19,6 +19,7 @@ from yarl import URL
 
 from edgeproxy.config import OriginConfig
 from edgeproxy.errors import EdgeError, OriginProtocolError, OriginTimeout, OriginUnreachable
+from edgeproxy.h1client import OriginConnections, UpstreamResponse
 from edgeproxy.http.cache_status import ProxyError
 from edgeproxy.pool import Pool, PoolSettings
 
@@ -54,13 +55,29 @@ async def send(
     headers: CIMultiDict[str],
     body: AsyncIterable[bytes] | None,
     server: str | None = None,
-) -> aiohttp.ClientResponse:
+    conns: OriginConnections | None = None,
+) -> UpstreamResponse:
     """Send one request to the origin and return once the response head is in.
 
     `target` is the request target exactly as received (path and query),
-    never re-encoded. The caller must release the response.
+    never re-encoded. The caller must release the response. A GET or HEAD
+    without a body to a plain-http server goes through `conns` (h1client.py,
+    the lean client), anything else through aiohttp's.
     """
-    url = URL((server or origin.url) + target, encoded=True)
+    base = server or origin.url
+    if conns is not None and origin.client == "lean" and base.startswith("http://"):
+        return await conns.request(
+            base,
+            method,
+            target,
+            headers,
+            name=origin.name,
+            limit=origin.max_connections,
+            connect_timeout=origin.connect_timeout,
+            read_timeout=origin.read_timeout,
+            body=body,
+        )
+    url = URL(base + target, encoded=True)
     timeout = aiohttp.ClientTimeout(
         total=None, sock_connect=origin.connect_timeout, sock_read=origin.read_timeout
     )

@@ -22,6 +22,7 @@ from edgeproxy.admin import AdminSetupError, build_admin_app, check_bind, read_t
 from edgeproxy.bodies import ShortBody
 from edgeproxy.cluster import Cluster
 from edgeproxy.config import Config, Limits
+from edgeproxy.h1client import OriginConnections
 from edgeproxy.http.request_head import parse_request_head
 from edgeproxy.metrics import Metrics
 from edgeproxy.reload import Loader, Reloader
@@ -79,7 +80,10 @@ def build_app(
             metrics.watch_evictions(disk)
         max_conns = config.origin.max_connections if config.origin else 100
         session = origin.make_session(max_conns)
-        edge = EdgeState(snapshot(config), store, session, clock, monotonic, metrics=metrics)
+        conns = OriginConnections()
+        edge = EdgeState(
+            snapshot(config), store, session, clock, monotonic, metrics=metrics, conns=conns
+        )
         app[EDGE] = edge
         checks = asyncio.get_running_loop().create_task(
             origin.health_checks(edge), name="health checks"
@@ -93,6 +97,7 @@ def build_app(
                 await checks
             await edge.stop_tasks()
             await session.close()
+            conns.close()
             await store.close()
             metrics.flush()  # a stopping worker's last counts reach its file
 

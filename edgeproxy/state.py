@@ -15,6 +15,7 @@ from aiohttp import web
 
 from edgeproxy.collapse import Flights
 from edgeproxy.config import Config, OriginConfig
+from edgeproxy.h1client import OriginConnections
 from edgeproxy.metrics import Metrics
 from edgeproxy.policy.settings import CachePolicy
 from edgeproxy.pool import Pool
@@ -52,6 +53,8 @@ class EdgeState:
     _pools: dict[str, tuple[OriginConfig, Pool]] = field(default_factory=dict)
     admin_token: str | None = None  # for `PURGE <url>` on the public listener
     metrics: Metrics = field(default_factory=Metrics)  # GET /metrics (metrics.py)
+    # The lean client's connections (h1client.py); None: aiohttp's client only.
+    conns: OriginConnections | None = None
 
     def pool(self, origin: OriginConfig) -> Pool:
         """The origin's pool, rebuilt when a reload changed its servers or settings.

@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 import time
 
-import aiohttp
 from multidict import CIMultiDict
 
 from edgeproxy import origin
@@ -16,6 +15,7 @@ from edgeproxy.bodies import CHUNK
 from edgeproxy.errors import EdgeError
 from edgeproxy.exchange import ExchangeState
 from edgeproxy.forwarding import request_headers
+from edgeproxy.h1client import UpstreamResponse
 from edgeproxy.http.accept_encoding import request_coding
 from edgeproxy.http.fields import combined
 from edgeproxy.policy.transform import upstream_if_none_match
@@ -70,7 +70,7 @@ class UpstreamClient(ExchangeState):
 
     async def _send_upstream(
         self, method: str, headers: CIMultiDict[str], with_body: bool
-    ) -> aiohttp.ClientResponse:
+    ) -> UpstreamResponse:
         """Send to a server of the origin's pool; a GET or HEAD that could not
         connect is retried once on another server (pool.should_retry)."""
         body = None
@@ -97,7 +97,14 @@ class UpstreamClient(ExchangeState):
             attempt = time.monotonic()
             try:
                 upstream = await origin.send(
-                    edge.session, self.origin, method, self.target, headers, body, server
+                    edge.session,
+                    self.origin,
+                    method,
+                    self.target,
+                    headers,
+                    body,
+                    server,
+                    edge.conns,
                 )
             except EdgeError as e:
                 pool.release(server)
@@ -138,7 +145,7 @@ class UpstreamClient(ExchangeState):
         else:
             pool.record_success(server, now)
 
-    def _release(self, upstream: aiohttp.ClientResponse) -> None:
+    def _release(self, upstream: UpstreamResponse) -> None:
         upstream.release()
         if self._slot is not None:
             pool, server = self._slot

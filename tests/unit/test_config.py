@@ -28,6 +28,7 @@ GOOD = textwrap.dedent(
         connect_timeout: 1.5
         read_timeout: 10
         max_connections: 50
+        client: aiohttp
         host: www.example.com
       static: https://static.example.net
     routes:
@@ -65,6 +66,7 @@ def test_full_file_parses_into_typed_objects() -> None:
     assert cfg.origins["app"].servers == ("http://10.0.0.1:8000", "http://10.0.0.2:8000")
     assert cfg.origins["app"].host_header == "www.example.com"
     assert cfg.origins["static"].servers == ("https://static.example.net",)
+    assert (cfg.origins["app"].client, cfg.origins["static"].client) == ("aiohttp", "lean")
     assert [r.name for r in cfg.routes] == ["api", "assets", "rest"]
     api, assets, rest = cfg.routes
     assert api.cache is False
@@ -165,6 +167,10 @@ def errors_of(text: str) -> list[str]:
         (
             "origin: http://x\norigins: {a: http://y}\n",
             "config/edge.yaml:1 origin: use either `origin` (one) or `origins` (named), not both",
+        ),
+        (
+            "origins:\n  a:\n    url: http://x\n    client: curl\n",
+            "config/edge.yaml:4 origins.a.client: expected lean or aiohttp, got 'curl'",
         ),
         ("listen: [1\n", "config/edge.yaml:2: invalid YAML"),
         ("- a\n- b\n", "config/edge.yaml:1 (top level): expected a mapping"),
