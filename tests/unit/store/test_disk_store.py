@@ -427,7 +427,7 @@ async def test_errors_below_become_store_errors_or_misses(
     def broken(*args: Any) -> Any:
         raise sqlite3.OperationalError("database disk image is malformed")
 
-    for name in ("_lookup", "_open_body", "_purge", "_update", "_list"):
+    for name in ("_lookup", "_open_body", "_purge", "_update_batch", "_list"):
         monkeypatch.setattr(store, name, broken)
     assert await store.lookup("http://a.example/") == []  # a miss, not a 500
     assert await store.open_body(stored) is None
@@ -437,3 +437,45 @@ async def test_errors_below_become_store_errors_or_misses(
         await store.update(stored)
     with pytest.raises(StoreError):
         await store.entries()
+
+
+async def test_refreshes_arriving_together_share_a_transaction(
+    store: DiskStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stored = [await put(store, make_entry(f"http://b.example/{i}")) for i in range(20)]
+    batches: list[int] = []
+    real = store._update_batch
+
+    def counted(batch: Any) -> Any:
+        batches.append(len(batch))
+        return real(batch)
+
+    monkeypatch.setattr(store, "_update_batch", counted)
+    fresh = [e.with_changes(response_time=e.response_time + 5) for e in stored]
+    got = await asyncio.gather(*(store.update_stored(e) for e in fresh))
+    assert [g.response_time if g else None for g in got] == [e.response_time for e in fresh]
+    assert sum(batches) == 20 and len(batches) < 20  # the first alone, the rest together
+    for e in fresh:  # every one written
+        (back,) = await store.lookup(e.key)
+        assert back.response_time == e.response_time
+
+
+async def test_a_refresh_that_fails_fails_alone(
+    store: DiskStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stored = [await put(store, make_entry(f"http://c.example/{i}")) for i in range(6)]
+    real = store._update_row
+
+    def broken_for_3(sql: Any, entry: Entry) -> Any:
+        if entry.key.endswith("/3"):
+            raise sqlite3.IntegrityError("not this one")  # an error, not a disk fault
+        return real(sql, entry)
+
+    monkeypatch.setattr(store, "_update_row", broken_for_3)
+    got = await asyncio.gather(
+        *(store.update_stored(e.with_changes(response_time=T0 + 9)) for e in stored),
+        return_exceptions=True,
+    )
+    assert [type(g).__name__ for g in got] == ["Entry"] * 3 + ["StoreError"] + ["Entry"] * 2
+    (kept,) = await store.lookup("http://c.example/5")
+    assert kept.response_time == T0 + 9
