@@ -41,8 +41,8 @@ from edgeproxy.http.cache_status import ProxyError
 
 KEEPALIVE = 15.0  # seconds an idle connection is kept (aiohttp's default)
 HEAD_LIMIT = 256 * 1024  # a response head past this is an error (aiohttp: 64 KiB a field)
-HIGH_WATER = 512 * 1024  # buffered body bytes past which the socket is not read
-LOW_WATER = 128 * 1024
+HIGH_WATER = 256 * 1024  # buffered body bytes past which the socket is not read
+LOW_WATER = 64 * 1024
 
 # RFC 9110 section 5.5: no CR, LF or NUL (or other controls) in a field.
 _FORBIDDEN = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
