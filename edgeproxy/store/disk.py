@@ -81,7 +81,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import IO, Any, Literal, TypeVar
+from typing import IO, Any, Generic, Literal, TypeVar
 
 import diskcache
 
@@ -102,6 +102,8 @@ from edgeproxy.store.pool import StorePool
 log = logging.getLogger("edgeproxy.store")
 
 T = TypeVar("T")
+Item = TypeVar("Item")
+R = TypeVar("R")
 Sql = Callable[..., sqlite3.Cursor]
 Verdict = Literal["hard", "soft"] | None
 
@@ -347,20 +349,94 @@ class _Faults:
 
 @dataclass(slots=True)
 class _Update:
-    """A refresh waiting for its batch (DiskStore.update_stored)."""
+    """A refresh after a 304 (DiskStore.update_stored)."""
 
     entry: Entry
     then: Callable[[], object] | None
-    done: asyncio.Future[Entry | None]
 
 
-def _settle(
-    done: asyncio.Future[Entry | None], result: Entry | None, error: BaseException | None
-) -> None:
+@dataclass(slots=True)
+class _Inline:
+    """A new entry whose body SQLite keeps inline (DiskWriter.commit)."""
+
+    entry: Entry
+    data: bytes
+    then: Callable[[Entry], object] | None
+
+
+class _Batches(Generic[Item, R]):
+    """Writes of one kind, a pool job at a time: what gathers while a job
+    runs goes in the next, one transaction for all (`job`, on a pool thread,
+    returns one result or exception per item). A job that fails as a whole
+    is retried item by item, so one bad item fails alone; a disk fault
+    degrades the store for all, as any write does (`DiskStore._change`).
+    """
+
+    def __init__(self, store: DiskStore, kind: str, job: str):
+        self._store = store
+        self._kind = kind
+        self._job_name = job  # a DiskStore method, looked up per batch
+        self._queue: list[tuple[Item, asyncio.Future[R]]] = []
+        self.task: asyncio.Task[None] | None = None
+
+    async def submit(self, item: Item, what: str) -> R:
+        faults = self._store._faults
+        if not faults.writable():
+            raise Degraded(f"{what}: {faults.reason}")
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[R] = loop.create_future()
+        self._queue.append((item, done))
+        if self.task is None:
+            self.task = loop.create_task(self._flush(), name=f"store {self._kind}")
+        return await done
+
+    async def _flush(self) -> None:
+        batch: list[tuple[Item, asyncio.Future[R]]] = []
+        try:
+            while self._queue:
+                batch, self._queue = self._queue, []
+                items = [item for item, _ in batch]
+                try:
+                    results = await self._store._change(
+                        f"{self._kind} of {len(batch)}", self._job, items
+                    )
+                except StoreError as e:
+                    if len(batch) == 1 or isinstance(e, Degraded):
+                        results = [e] * len(batch)
+                    else:
+                        results = [await self._alone(item) for item in items]
+                for (_, done), result in zip(batch, results, strict=True):
+                    _settle(done, result)
+                batch = []
+        except BaseException as e:
+            # A bug below or the loop shutting down: nobody is left waiting.
+            for _, done in [*batch, *self._queue]:
+                _settle(done, e)
+            self._queue = []
+            raise
+        finally:
+            self.task = None
+
+    @property
+    def _job(self) -> Callable[[list[Item]], list[R | Exception]]:
+        job: Callable[[list[Item]], list[R | Exception]] = getattr(self._store, self._job_name)
+        return job
+
+    async def _alone(self, item: Item) -> R | Exception:
+        try:
+            (result,) = await self._store._change(self._kind, self._job, [item])
+        except StoreError as e:
+            return e
+        return result
+
+
+def _settle(done: asyncio.Future[R], result: R | BaseException) -> None:
     if done.done():
-        return  # its caller left; the refresh was still written
-    if error is not None:
-        done.set_exception(error)
+        return  # its caller left; the write still happened
+    if isinstance(result, asyncio.CancelledError):
+        done.cancel()
+    elif isinstance(result, BaseException):
+        done.set_exception(result)
     else:
         done.set_result(result)
 
@@ -399,10 +475,11 @@ class DiskStore:
         # SQLite's busy handler, which sleeps 1-100 ms between tries. SQLite's
         # own lock still orders the worker processes; readers never take this.
         self._write_lock = threading.RLock()
-        # Refreshes (update_stored) waiting for the next batch, and the task
-        # writing the current one (_flush_updates).
-        self._updates: list[_Update] = []
-        self._flushing: asyncio.Task[None] | None = None
+        # Refreshes after a 304 and inline-body commits: batched (_Batches).
+        self._updates: _Batches[_Update, Entry | None] = _Batches(
+            self, "refreshes", "_update_batch"
+        )
+        self._inlines: _Batches[_Inline, Entry] = _Batches(self, "commits", "_commit_batch")
 
     @property
     def directory(self) -> str:
@@ -703,53 +780,9 @@ class DiskStore:
         CPU). A batch that fails is retried entry by entry, so one bad
         entry fails alone.
         """
-        if not self._faults.writable():
-            raise Degraded(f"updating {entry.key}: {self._faults.reason}")
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[Entry | None] = loop.create_future()
-        self._updates.append(_Update(entry, then, done))
-        if self._flushing is None:
-            self._flushing = loop.create_task(self._flush_updates(), name="store updates")
-        return await done
+        return await self._updates.submit(_Update(entry, then), f"updating {entry.key}")
 
-    async def _flush_updates(self) -> None:
-        batch: list[_Update] = []
-        try:
-            while self._updates:
-                batch, self._updates = self._updates, []
-                try:
-                    results = await self._change(
-                        f"updating {len(batch)} entries", self._update_batch, batch
-                    )
-                except StoreError as e:
-                    if len(batch) == 1 or isinstance(e, Degraded):
-                        for u in batch:
-                            _settle(u.done, None, e)
-                        continue
-                    # Which one failed? Each on its own (published already: no `then`).
-                    for u in batch:
-                        try:
-                            alone = _Update(u.entry, None, u.done)
-                            one = await self._change(
-                                f"updating {u.entry.key}", self._update_batch, [alone]
-                            )
-                            _settle(u.done, one[0], None)
-                        except StoreError as e1:
-                            _settle(u.done, None, e1)
-                    continue
-                for u, result in zip(batch, results, strict=True):
-                    _settle(u.done, result, None)
-                batch = []
-        except BaseException as e:
-            # A bug below or the loop shutting down: nobody is left waiting.
-            for u in [*batch, *self._updates]:
-                _settle(u.done, None, e)
-            self._updates = []
-            raise
-        finally:
-            self._flushing = None
-
-    def _update_batch(self, batch: list[_Update]) -> list[Entry | None]:
+    def _update_batch(self, batch: list[_Update]) -> list[Entry | Exception | None]:
         """On a pool thread: every refresh in one transaction; then each
         `then()` (the hot tier's publish), even if it failed."""
         try:
@@ -845,28 +878,10 @@ class DiskStore:
                     self._evicted(evicted)
                     evicted = []
             with self._txn() as sql:
-                entry = self._admissible(sql, entry)
+                held = value if inline and isinstance(value, bytes) else None
+                entry, notes = self._index(sql, entry, body_key, held, watch)
                 if inline:
-                    evicted = self._set_body(body_key, value, watch)  # nests in ours
-                present = sql("SELECT 1 FROM Cache WHERE key = ? AND raw = 1", (body_key,))
-                if present.fetchone() is None:
-                    raise StoreError(f"{entry.key}: body evicted before its commit")
-                # A new response replaces the stored one it would be selected
-                # instead of: same Vary names and values (RFC 9111 section 4.1).
-                same = sql(
-                    "SELECT id, variant FROM edge_variants WHERE key = ? AND vary = ?",
-                    (entry.key, _vary_id(entry)),
-                ).fetchall()
-                for vid, variant in same:
-                    self._drop(sql, vid, variant)
-                self._insert(sql, entry)
-                extra = sql(
-                    "SELECT id, variant FROM edge_variants WHERE key = ?"
-                    " ORDER BY id DESC LIMIT -1 OFFSET ?",
-                    (entry.key, MAX_VARIANTS),
-                ).fetchall()
-                for vid, variant in extra:
-                    self._drop(sql, vid, variant)
+                    evicted = notes
         except BaseException:
             if not inline:  # inline, the rollback took the body row along
                 with contextlib.suppress(*LOW_ERRORS):
@@ -877,6 +892,69 @@ class DiskStore:
         if then is not None:
             then(entry)
         return entry
+
+    def _index(
+        self, sql: Sql, entry: Entry, body_key: str, inline: bytes | None, watch: bool
+    ) -> tuple[Entry, list[str]]:
+        """In a transaction: index `entry` (its body stored already, or
+        `inline` here, nested in it); the entry as stored and the keys the
+        body's set evicted."""
+        entry = self._admissible(sql, entry)
+        evicted = self._set_body(body_key, inline, watch) if inline is not None else []
+        present = sql("SELECT 1 FROM Cache WHERE key = ? AND raw = 1", (body_key,))
+        if present.fetchone() is None:
+            raise StoreError(f"{entry.key}: body evicted before its commit")
+        # A new response replaces the stored one it would be selected
+        # instead of: same Vary names and values (RFC 9111 section 4.1).
+        same = sql(
+            "SELECT id, variant FROM edge_variants WHERE key = ? AND vary = ?",
+            (entry.key, _vary_id(entry)),
+        ).fetchall()
+        for vid, variant in same:
+            self._drop(sql, vid, variant)
+        self._insert(sql, entry)
+        extra = sql(
+            "SELECT id, variant FROM edge_variants WHERE key = ?"
+            " ORDER BY id DESC LIMIT -1 OFFSET ?",
+            (entry.key, MAX_VARIANTS),
+        ).fetchall()
+        for vid, variant in extra:
+            self._drop(sql, vid, variant)
+        return entry, evicted
+
+    def _commit_batch(self, batch: list[_Inline]) -> list[Entry | Exception]:
+        """On a pool thread: inline-body commits in one transaction, each in a
+        savepoint, so one refused (a ban, its body evicted) leaves the others;
+        then their evictions and each `then(stored)`, as `_commit`."""
+        watch = self._watch_evictions()
+        results: list[Entry | Exception] = []
+        evicted: list[str] = []
+        with self._txn() as sql:
+            for c in batch:
+                sql("SAVEPOINT edge_inline")
+                try:
+                    entry, notes = self._index(sql, c.entry, BODY + c.entry.variant, c.data, watch)
+                except (Banned, StoreError) as e:
+                    sql("ROLLBACK TO edge_inline")
+                    sql("RELEASE edge_inline")
+                    results.append(e)
+                    continue
+                sql("RELEASE edge_inline")
+                results.append(entry)
+                evicted += notes
+        if evicted:
+            self._evicted(evicted)
+        for c, result in zip(batch, results, strict=True):
+            if c.then is not None and isinstance(result, Entry):
+                c.then(result)
+        return results
+
+    def _inline_below(self) -> int:
+        """Bodies shorter than this are kept inline (diskcache's min_file_size)."""
+        if self._opened is None:
+            return 0
+        size: int = getattr(self._opened.disk, "min_file_size", 0)
+        return size
 
     def _admissible(self, sql: Sql, entry: Entry) -> Entry:
         """`entry` as bans let it be stored (soft-purged maybe); Banned if not at all."""
@@ -1068,8 +1146,9 @@ class DiskStore:
     async def close(self) -> None:
         if self._closed:
             return
-        if self._flushing is not None:
-            await self._flushing  # refreshes already accepted are written
+        for batches in (self._updates, self._inlines):
+            if batches.task is not None:
+                await batches.task  # writes already accepted are written
         self._closed = True
         if self._opened is not None:
             await self._run(self._opened.close)
@@ -1260,6 +1339,11 @@ class DiskWriter:
         stored = entry.with_changes(
             key=self._key, variant=os.urandom(16).hex(), body_size=self._size
         )
+        if data is not None and len(data) < self._store._inline_below():
+            # Batched with others arriving together: one transaction for all.
+            return await self._store._inlines.submit(
+                _Inline(stored, data, then), f"committing {self._key}"
+            )
         return await self._store._change(
             f"committing {self._key}", self._store._commit, stored, data, tmp, then
         )

@@ -479,3 +479,33 @@ async def test_a_refresh_that_fails_fails_alone(
     assert [type(g).__name__ for g in got] == ["Entry"] * 3 + ["StoreError"] + ["Entry"] * 2
     (kept,) = await store.lookup("http://c.example/5")
     assert kept.response_time == T0 + 9
+
+
+async def test_small_bodies_arriving_together_commit_in_one_transaction(
+    store: DiskStore, directory: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One of them was fetched before a purge of its URL (a ban): refused alone,
+    # in its savepoint; the others in the same transaction are stored.
+    await store.purge(Purge(PurgeURL("http://d.example/4"), issued_at=T0 + 1))
+    batches: list[int] = []
+    real = store._commit_batch
+
+    def counted(batch: Any) -> Any:
+        batches.append(len(batch))
+        return real(batch)
+
+    monkeypatch.setattr(store, "_commit_batch", counted)
+    entries = [make_entry(f"http://d.example/{i}") for i in range(12)]
+    got = await asyncio.gather(
+        *(put(store, e, body=b"body %d" % i) for i, e in enumerate(entries)),
+        return_exceptions=True,
+    )
+    assert [type(g).__name__ for g in got] == ["Entry"] * 4 + ["Banned"] + ["Entry"] * 7
+    assert sum(batches) == 12 and len(batches) < 12
+    assert len(await query(directory, "SELECT key FROM Cache")) == 11  # no body left for 4
+    for i, e in enumerate(entries):
+        back = await store.lookup(e.key)
+        if i == 4:
+            assert back == []
+        else:
+            assert await read(store, back[0]) == b"body %d" % i
