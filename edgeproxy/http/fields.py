@@ -6,6 +6,7 @@ us), read through `MultiMapping` so this module never imports aiohttp.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Iterator
 
 from multidict import CIMultiDict, MultiMapping
@@ -86,8 +87,16 @@ def connection_named(headers: Headers) -> frozenset[str]:
 
 def strip_hop_by_hop(headers: Headers, extra: Iterable[str] = ()) -> CIMultiDict[str]:
     """A copy without hop-by-hop fields, those Connection names, and `extra`."""
-    drop = HOP_BY_HOP | connection_named(headers) | {e.lower() for e in extra}
-    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
+    drop = _dropped(tuple(extra))
+    if "connection" in headers:
+        drop = drop | connection_named(headers)
+    return CIMultiDict([(k, v) for k, v in headers.items() if k.lower() not in drop])
+
+
+@functools.lru_cache(maxsize=64)
+def _dropped(extra: tuple[str, ...]) -> frozenset[str]:
+    """HOP_BY_HOP and `extra`, lower-cased: a few fixed tuples on every request."""
+    return HOP_BY_HOP | {e.lower() for e in extra}
 
 
 def unquote(value: str) -> str:

@@ -84,7 +84,7 @@ def merge_304(entry: Entry, response: Headers, request_time: float, response_tim
     Vary: Accept-Encoding (policy/transform.py): the 304 describes the
     origin's representation, and ours is derived from it.
     """
-    skip = _NOT_UPDATED | connection_named(response)
+    skip = _NOT_UPDATED | connection_named(response) if "connection" in response else _NOT_UPDATED
     updates: CIMultiDict[str] = CIMultiDict()
     for name, value in response.items():
         if name.lower() not in skip:

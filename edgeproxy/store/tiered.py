@@ -122,12 +122,7 @@ class TieredStore:
         returned for a key of hash `h`: no record but our own (`own`) that
         names it, or everything, was published since."""
         self._sync()
-        if self._seen == since:
-            return True
-        changes = self._gen.changes(since, self._seen)
-        if changes is None:
-            return False
-        return all(g == own or (c != ALL and c != h) for g, c in changes)
+        return self._seen == since or not self._gen.names(since, self._seen, h, own)
 
     async def _publish(self, hashes: list[int]) -> int:
         """Publish records for these keys (blocking: off the loop), then apply them."""
