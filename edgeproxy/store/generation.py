@@ -116,22 +116,6 @@ class Generation:
             out.append((g, word & HASH_MASK))
         return out
 
-    def names(self, after: int, upto: int, h: int, own: int = 0) -> bool:
-        """Whether a record after..upto other than `own` names hash `h` or ALL,
-        or may (one is unknown): `changes` for one key, without the list."""
-        if upto < after or upto - after >= RING:
-            return True
-        words = self._words
-        for g in range(after + 1, upto + 1):
-            word = int(words[HEADER + g % RING])
-            if word >> HASH_BITS != g & TAG_MASK:
-                return True
-            if g != own:
-                c = word & HASH_MASK
-                if c in (ALL, h):
-                    return True
-        return False
-
     def publish(self, hashes: Iterable[int]) -> int:
         """Append one record per hash (ALL if there are many); returns the
         number of the last one. Call it after the disk change committed."""

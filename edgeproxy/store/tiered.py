@@ -53,6 +53,10 @@ DEFAULT_MAX_BYTES = 64 << 20
 DEFAULT_MAX_OBJECT = 256 << 10
 
 
+_NONE = (0, 0)
+_NAMED_MAX = 65536  # hashes _admit keeps record numbers for; past it, they start over
+
+
 class TieredStore:
     """The Store protocol (store/base.py) over `disk`, which it owns and closes."""
 
@@ -62,6 +66,11 @@ class TieredStore:
         self._mem = MemoryTier(max_bytes, max_object)
         self._counter = gen.words  # [0]: the shared counter, read on every lookup
         self._seen = gen.current()  # the last record this tier applied
+        # For _admit, from the records _sync applied after `_floor`: per key
+        # hash its last two record numbers, and the last ALL record's.
+        self._floor = self._seen
+        self._named: dict[int, tuple[int, int]] = {}
+        self._all_at = 0
         self._closed = False
         self.hits = 0  # lookups answered from memory
         self.misses = 0
@@ -109,20 +118,39 @@ class TieredStore:
             changes = self._gen.changes(self._seen, current)
             if changes is None:
                 self._mem.clear()
+                self._forget(current)
             else:
-                for _, h in changes:
+                named = self._named
+                for g, h in changes:
                     if h == ALL:
                         self._mem.clear()
-                        break
+                        self._all_at = g
+                        continue
                     self._mem.drop_hash(h)
+                    named[h] = (g, named.get(h, _NONE)[0])
+                if len(named) > _NAMED_MAX:
+                    self._forget(current)
             self._seen = current
+
+    def _forget(self, upto: int) -> None:
+        """Records up to `upto` are no longer known one by one."""
+        self._named.clear()
+        self._floor = upto
 
     def _admit(self, h: int, since: int, own: int = 0) -> bool:
         """Whether memory may take what a disk call begun at record `since`
         returned for a key of hash `h`: no record but our own (`own`) that
-        names it, or everything, was published since."""
+        names it, or everything, was published since (O(1): _sync noted the
+        last two records naming each key)."""
         self._sync()
-        return self._seen == since or not self._gen.names(since, self._seen, h, own)
+        if self._seen == since:
+            return True
+        if since < self._floor or self._all_at > since:
+            return False  # unknown, or everything changed
+        latest, previous = self._named.get(h, _NONE)
+        if latest <= since:
+            return True
+        return latest == own and previous <= since
 
     async def _publish(self, hashes: list[int]) -> int:
         """Publish records for these keys (blocking: off the loop), then apply them."""

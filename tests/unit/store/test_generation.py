@@ -14,8 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from edgeproxy.store.generation import (
     ALL,
@@ -195,32 +193,3 @@ def test_processes_never_lose_a_record(gen: Generation, path: str) -> None:
     assert gen.current() == 2 * n
     words = gen._words
     assert all(int(words[HEADER + g % RING]) & HASH_MASK in (7, 9) for g in range(RING))
-
-
-@settings(max_examples=200, deadline=None)
-@given(
-    batches=st.lists(st.lists(st.sampled_from([ALL, 1, 2, 3]), max_size=3), max_size=12),
-    after=st.integers(0, 30),
-    upto=st.integers(0, 30),
-    h=st.sampled_from([1, 2, 3]),
-    own=st.integers(0, 30),
-)
-def test_names_agrees_with_changes(
-    tmp_path_factory: pytest.TempPathFactory,
-    batches: list[list[int]],
-    after: int,
-    upto: int,
-    h: int,
-    own: int,
-) -> None:
-    # TieredStore._admit asks `names`; it must say what `changes` implies.
-    g = Generation.open(str(tmp_path_factory.mktemp("g") / "generation"))
-    try:
-        for batch in batches:
-            g.publish(batch)
-        upto = min(upto, g.current())
-        changes = g.changes(after, upto)
-        expected = changes is None or any(n != own and c in (ALL, h) for n, c in changes)
-        assert g.names(after, upto, h, own) == expected
-    finally:
-        g.close()

@@ -14,12 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from edgeproxy.policy.entry import Entry
 from edgeproxy.purge import Purge, PurgePrefix, PurgeTags, PurgeURL
 from edgeproxy.store.base import Banned
 from edgeproxy.store.disk import DiskStore
+from edgeproxy.store.generation import ALL
 from edgeproxy.store.tiered import TieredStore
 from tests.conftest import FakeClock
 from tests.contract.helpers import body_of, make_entry, put, read
@@ -273,6 +276,7 @@ WORKER = """
 import asyncio, sys
 from edgeproxy.purge import Purge, PurgeURL
 from edgeproxy.store.disk import DiskStore
+from edgeproxy.store.generation import ALL
 from edgeproxy.store.tiered import TieredStore
 
 async def main() -> None:
@@ -545,3 +549,72 @@ async def test_an_update_under_a_soft_purge_is_kept_as_the_disk_keeps_it(
     [found] = await a.lookup(URL)
     assert found.soft_purged
     assert [found] == await a.disk.lookup(URL)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    steps=st.lists(
+        st.one_of(
+            st.lists(st.sampled_from([ALL, 11, 12, 13]), min_size=1, max_size=3),  # a publish
+            st.just("sync"),
+        ),
+        max_size=14,
+    ),
+    since=st.integers(0, 25),
+    h=st.sampled_from([11, 12, 13]),
+    own=st.integers(0, 25),
+)
+def test_admit_says_what_the_records_since_imply(
+    tmp_path_factory: pytest.TempPathFactory,
+    steps: list[list[int] | str],
+    since: int,
+    h: int,
+    own: int,
+) -> None:
+    # _admit answers from what _sync noted; the reference reads the ring.
+    async def run() -> None:
+        store = await open_tiered(tmp_path_factory.mktemp("t") / "cache")
+        try:
+            gen = store._gen
+            start = gen.current()
+            for step in steps:
+                if step == "sync":
+                    store._sync()
+                else:
+                    gen.publish(step)
+            got = store._admit(h, start + min(since, gen.current() - start), own and start + own)
+            at = start + min(since, gen.current() - start)
+            changes = gen.changes(at, gen.current())
+            expected = at == gen.current() or (
+                changes is not None
+                and not any(g != (own and start + own) and c in (ALL, h) for g, c in changes)
+            )
+            assert got == expected
+        finally:
+            await store.close()
+
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize(
+    ("records", "since", "own", "admit"),
+    [
+        ([[11], [11]], 0, 2, False),  # ours is the last, but another named it before
+        ([[11], [11]], 1, 2, True),  # only ours since
+        ([[11], [12]], 0, 0, False),
+        ([[12], [13]], 0, 0, True),  # other keys only
+        ([[ALL], [12]], 0, 0, False),  # everything changed
+        ([[12], [ALL]], 2, 0, True),
+    ],
+)
+async def test_admit_table(
+    directory: Path, records: list[list[int]], since: int, own: int, admit: bool
+) -> None:
+    store = await open_tiered(directory)
+    try:
+        start = store._gen.current()
+        for r in records:
+            store._gen.publish(r)
+        assert store._admit(11, start + since, own and start + own) == admit
+    finally:
+        await store.close()
