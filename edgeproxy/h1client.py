@@ -221,6 +221,16 @@ class _Connection(asyncio.Protocol):
         self._gone()
 
 
+class _Done:
+    """What a finished response parses further bytes with: an error."""
+
+    def feed_data(self, data: bytes) -> None:
+        raise httptools.HttpParserError("bytes after the end of the response")
+
+
+_DONE: Any = _Done()
+
+
 class OriginResponse:
     """One response, parsed as it arrives (httptools callbacks)."""
 
@@ -257,9 +267,15 @@ class OriginResponse:
         self._timer: asyncio.TimerHandle | None = (
             loop.call_later(read_timeout, self._check_timeout) if read_timeout else None
         )
-        self.content = self
         self._upload: asyncio.Task[None] | None = None
         self._retry = False  # replay on a new connection if closed before a byte (_Stale)
+
+    @property
+    def content(self) -> OriginResponse:
+        """aiohttp's `response.content`: here the response itself reads the body
+        (a property, not `self.content = self`: no reference cycle, so a
+        finished response is freed by its refcount, not by the GC)."""
+        return self
 
     # -- bytes in (from _Connection) -----------------------------------------
 
@@ -364,6 +380,7 @@ class OriginResponse:
     def _finish(self, keep_alive: bool) -> None:
         self._complete = True
         self._stop_timer()
+        self._parser = _DONE  # it refers to us: a cycle until dropped
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.response = None
@@ -384,6 +401,7 @@ class OriginResponse:
         self._complete = True
         self._error = exc
         self._stop_timer()
+        self._parser = _DONE
         if self._upload is not None and not self._upload.done():
             self._upload.cancel()
         conn, self._conn = self._conn, None
