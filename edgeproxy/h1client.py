@@ -114,8 +114,7 @@ class Server:
                 # Handed over as we were cancelled: pass it on.
                 got = waiter.result()
                 if got is None:
-                    self.count += 1
-                    self.freed()
+                    self.freed()  # the slot we were given goes to the next
                 else:
                     self.give_back(got, now)
             raise

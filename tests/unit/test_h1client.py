@@ -291,3 +291,23 @@ async def test_a_finished_response_leaves_no_cycles_for_the_gc() -> None:
         assert gc.collect() == 0
     finally:
         gc.enable()
+
+
+@pytest.mark.parametrize("handed", ["slot", "connection"])
+async def test_a_waiter_cancelled_as_it_is_served_passes_its_turn_on(handed: str) -> None:
+    server = Server("http://127.0.0.1:9", 1)
+    assert await server.acquire(0.0) is None  # the one slot, taken
+    first = asyncio.create_task(server.acquire(0.0))
+    second = asyncio.create_task(server.acquire(0.0))
+    await asyncio.sleep(0)  # both queued
+    conn = _Connection(server)
+    conn.transport = _Transport()  # type: ignore[assignment]
+    if handed == "slot":
+        server.freed()  # the connection closed: its slot goes to `first`
+    else:
+        server.give_back(conn, 0.0)  # reusable: it goes to `first`
+    first.cancel()  # ... which is cancelled before it runs
+    got = await second
+    assert got is (None if handed == "slot" else conn)
+    assert first.cancelled()
+    assert server.count == 1 and not server.waiters
