@@ -519,10 +519,22 @@ class OriginConnections:
                 server, method, head, name, connect_timeout, read_timeout, body, chunked, retry
             )
         except _Stale:
+            # Either nothing was written (a connection handed over closed in
+            # between: any request may go, its body still unread) or a retry-
+            # able request got no byte back: once more, on a new connection.
             pass
         try:
             return await self._send(
-                server, method, head, name, connect_timeout, read_timeout, None, False, False, True
+                server,
+                method,
+                head,
+                name,
+                connect_timeout,
+                read_timeout,
+                body,
+                chunked,
+                False,
+                True,
             )
         except _Stale as e:
             raise OriginUnreachable(

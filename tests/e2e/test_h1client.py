@@ -19,7 +19,7 @@ import pytest
 from multidict import CIMultiDict
 
 from edgeproxy.errors import OriginProtocolError, OriginTimeout, OriginUnreachable
-from edgeproxy.h1client import OriginConnections, OriginResponse
+from edgeproxy.h1client import OriginConnections, OriginResponse, _Connection
 from edgeproxy.state import EDGE
 from tests.e2e.conftest import MakeProxy
 from tests.e2e.harness import Reply, ScriptedOrigin, fetch
@@ -317,3 +317,26 @@ async def test_an_origin_can_be_sent_through_either_client(
     assert conns is not None
     assert (url in conns.servers) == (client == "lean")
     assert [r.method for r in origin.received] == ["GET", "POST"]
+
+
+async def test_a_connection_closed_while_handed_over_resends_nothing_twice_and_loses_no_body(
+    ka: KeepAliveOrigin, conns: OriginConnections
+) -> None:
+    # A waiter is handed an idle connection that closes before the waiter
+    # runs: nothing was written on it, so the request (a POST, body and all)
+    # goes out on a new connection, once.
+    server = conns.server(ka.url, 1)
+    assert await server.acquire(0.0) is None  # the only slot, held
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b"payload"
+
+    ka.replies = [lambda head, got: ok(got)]
+    post = asyncio.create_task(get(conns, ka, "POST", limit=1, body=body()))
+    await asyncio.sleep(0.01)
+    handed = _Connection(server)
+    server.give_back(handed, 0.0)  # to the waiting POST ...
+    handed.close()  # ... and gone before it runs (its slot freed)
+    response = await post
+    assert await read(response) == b"payload"
+    assert [(c, b) for c, _, b in ka.requests] == [(1, b"payload")]
