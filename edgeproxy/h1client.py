@@ -85,7 +85,10 @@ class Server:
         assert parts.scheme == "http" and parts.hostname is not None
         self.host = parts.hostname
         self.port = parts.port or 80
-        self.netloc = parts.netloc  # Host when the request has none (RFC 9110 section 7.2)
+        # Host when the request has none (RFC 9110 section 7.2), without the
+        # default port, as aiohttp's client sends it.
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        self.netloc = host if self.port == 80 else f"{host}:{self.port}"
         self.limit = limit
         self.count = 0  # open or opening connections, idle ones included
         self.idle: list[_Connection] = []

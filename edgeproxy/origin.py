@@ -65,7 +65,13 @@ async def send(
     the lean client), anything else through aiohttp's.
     """
     base = server or origin.url
-    if conns is not None and origin.client == "lean" and base.startswith("http://"):
+    # userinfo in a server URL is aiohttp's to turn into Authorization.
+    if (
+        conns is not None
+        and origin.client == "lean"
+        and base.startswith("http://")
+        and "@" not in base
+    ):
         return await conns.request(
             base,
             method,

@@ -340,3 +340,19 @@ async def test_a_connection_closed_while_handed_over_resends_nothing_twice_and_l
     response = await post
     assert await read(response) == b"payload"
     assert [(c, b) for c, _, b in ka.requests] == [(1, b"payload")]
+
+
+async def test_a_server_url_with_credentials_goes_through_aiohttp(
+    make_proxy: MakeProxy, origin: ScriptedOrigin
+) -> None:
+    # aiohttp turns userinfo into Authorization: Basic; the lean client
+    # leaves such servers to it rather than drop the credentials.
+    assert origin.server is not None
+    origin.script("/a", Reply(body=b"ok"))
+    proxy = await make_proxy(f"http://user:pw@127.0.0.1:{origin.server.port}")
+    async with aiohttp.ClientSession() as s:
+        got = await fetch(s, "GET", proxy.url + "/a")
+    assert got.status == 200
+    assert origin.received[0].headers["Authorization"] == "Basic dXNlcjpwdw=="
+    conns = proxy.app[EDGE].conns
+    assert conns is not None and not conns.servers

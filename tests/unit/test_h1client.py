@@ -311,3 +311,17 @@ async def test_a_waiter_cancelled_as_it_is_served_passes_its_turn_on(handed: str
     assert got is (None if handed == "slot" else conn)
     assert first.cancelled()
     assert server.count == 1 and not server.waiters
+
+
+@pytest.mark.parametrize(
+    ("url", "netloc", "port"),
+    [
+        ("http://origin.example", "origin.example", 80),
+        ("http://origin.example:80", "origin.example", 80),  # as aiohttp: no default port
+        ("http://Origin.Example:8080", "origin.example:8080", 8080),
+        ("http://[::1]:81", "[::1]:81", 81),
+    ],
+)
+def test_the_host_a_request_without_one_gets(url: str, netloc: str, port: int) -> None:
+    server = Server(url, 1)
+    assert (server.netloc, server.port) == (netloc, port)
