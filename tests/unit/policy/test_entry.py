@@ -168,3 +168,33 @@ def test_valid_entry_with_members_replaced(data: st.DataObject) -> None:
 @given(JSON)
 def test_arbitrary_json_documents(doc: Any) -> None:
     _outcome(json.dumps(doc).encode())
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"response_time": T0 + 5},
+        {"key": "http://b/", "variant": "v2", "body_size": 9},
+        {"soft_purged": True, "tags": ("t",)},
+        {"targeted": ("cdn-cache-control",), "coding": "gzip"},
+    ],
+)
+def test_with_changes_is_dataclasses_replace_with_memos_unset(changes: dict[str, Any]) -> None:
+    import dataclasses
+
+    e = make_entry()
+    _ = (e.cache_control, e.date)  # memoised on the original
+    new = e.with_changes(**changes)
+    assert new == dataclasses.replace(e, **changes)
+    assert all(
+        getattr(new, f.name) == getattr(dataclasses.replace(e, **changes), f.name)
+        for f in dataclasses.fields(Entry)
+        if f.init
+    )
+    assert (new._cc, new._date, new._initial_age, new._lifetime) == (None, None, None, None)
+
+
+def test_with_changes_refuses_unknown_fields() -> None:
+    with pytest.raises(TypeError):
+        make_entry().with_changes(colour="red")
