@@ -189,6 +189,7 @@ class Metrics:
         # `served` counts, not yet in the counters (flushed once per loop turn).
         self._pending: dict[tuple[str, str, str], int] = {}
         self._pending_bytes: dict[str, int] = {}
+        self._pending_origin: list[tuple[str, int | None, float]] = []
         self._flush_due = False
 
     @classmethod
@@ -212,6 +213,9 @@ class Metrics:
         pending[key] = pending.get(key, 0) + 1
         if nbytes:
             self._pending_bytes[source] = self._pending_bytes.get(source, 0) + nbytes
+        self._flush_soon()
+
+    def _flush_soon(self) -> None:
         if not self._flush_due:
             self._flush_due = True
             try:
@@ -231,18 +235,32 @@ class Metrics:
         pending_bytes, self._pending_bytes = self._pending_bytes, {}
         for source, n in pending_bytes.items():
             self._bytes[source].inc(n)
+        origin, self._pending_origin = self._pending_origin, []
+        if origin:
+            self._origin_responses(origin)
 
     def origin_response(self, origin: str, status: int | None, seconds: float) -> None:
-        """One origin attempt: its status (None: no response) and how long it took."""
-        key = (origin, status_label(status))
-        child = self._origins.get(key)
-        if child is None:
-            child = self._origins[key] = self.origin_requests.labels(*key)
-        child.inc()
-        hist = self._durations.get(origin)
-        if hist is None:
-            hist = self._durations[origin] = self.origin_duration.labels(origin)
-        hist.observe(seconds)
+        """One origin attempt: its status (None: no response) and how long it
+        took; recorded at the loop turn's `flush`, as `served` is."""
+        self._pending_origin.append((origin, status, seconds))
+        self._flush_soon()
+
+    def _origin_responses(self, attempts: list[tuple[str, int | None, float]]) -> None:
+        """One inc per (origin, status) for the turn; the histogram takes
+        each duration (prometheus has no batch observe)."""
+        counts: dict[tuple[str, str], int] = {}
+        for origin, status, seconds in attempts:
+            key = (origin, status_label(status))
+            counts[key] = counts.get(key, 0) + 1
+            hist = self._durations.get(origin)
+            if hist is None:
+                hist = self._durations[origin] = self.origin_duration.labels(origin)
+            hist.observe(seconds)
+        for key, n in counts.items():
+            child = self._origins.get(key)
+            if child is None:
+                child = self._origins[key] = self.origin_requests.labels(*key)
+            child.inc(n)
 
     def purged(self, target: Target, count: int) -> None:
         self._purges[purge_kind(target)].inc()

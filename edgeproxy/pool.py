@@ -156,6 +156,9 @@ class Pool:
         """An UP server not in `exclude`, or None when there is none."""
         self._expire(now)
         n = len(self._order)
+        if n == 1:  # most origins: no rotation to work out
+            only = self._order[0]
+            return only if self._state[only].up and only not in exclude else None
         rotation = [(self._cursor + k) % n for k in range(n)]
         eligible = [
             i for i in rotation if self._state[self._order[i]].up and self._order[i] not in exclude

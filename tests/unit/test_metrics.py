@@ -177,6 +177,19 @@ async def test_served_counts_reach_the_counters_once_per_loop_turn() -> None:
     assert value(samples(m.exposition(None)), "edgeproxy_requests_total", **hit) == 6
 
 
+async def test_origin_responses_reach_the_metrics_once_per_loop_turn() -> None:
+    m = Metrics()
+    for status in (200, 304, None):
+        m.origin_response("default", status, 0.01)
+    ok = {"origin": "default", "status": "200"}
+    assert value(samples(m.exposition(None)), "edgeproxy_origin_requests_total", **ok) == 0
+    await asyncio.sleep(0)  # the turn ends
+    got = samples(m.exposition(None))
+    assert value(got, "edgeproxy_origin_requests_total", **ok) == 1
+    assert value(got, "edgeproxy_origin_requests_total", origin="default", status="error") == 1
+    assert value(got, "edgeproxy_origin_duration_seconds_count", origin="default") == 3
+
+
 # -- one process: a registry per app ----------------------------------------------
 
 
