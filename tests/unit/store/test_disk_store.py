@@ -439,18 +439,24 @@ async def test_errors_below_become_store_errors_or_misses(
         await store.entries()
 
 
-async def test_refreshes_arriving_together_share_a_transaction(
-    store: DiskStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    stored = [await put(store, make_entry(f"http://b.example/{i}")) for i in range(20)]
+def count_batches(store: DiskStore, job: str, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The sizes of the batches `job` (a DiskStore batch method) is given."""
     batches: list[int] = []
-    real = store._update_batch
+    real = getattr(store, job)
 
     def counted(batch: Any) -> Any:
         batches.append(len(batch))
         return real(batch)
 
-    monkeypatch.setattr(store, "_update_batch", counted)
+    monkeypatch.setattr(store, job, counted)
+    return batches
+
+
+async def test_refreshes_arriving_together_share_a_transaction(
+    store: DiskStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stored = [await put(store, make_entry(f"http://b.example/{i}")) for i in range(20)]
+    batches = count_batches(store, "_update_batch", monkeypatch)
     fresh = [e.with_changes(response_time=e.response_time + 5) for e in stored]
     got = await asyncio.gather(*(store.update_stored(e) for e in fresh))
     assert [g.response_time if g else None for g in got] == [e.response_time for e in fresh]
@@ -487,14 +493,7 @@ async def test_small_bodies_arriving_together_commit_in_one_transaction(
     # One of them was fetched before a purge of its URL (a ban): refused alone,
     # in its savepoint; the others in the same transaction are stored.
     await store.purge(Purge(PurgeURL("http://d.example/4"), issued_at=T0 + 1))
-    batches: list[int] = []
-    real = store._commit_batch
-
-    def counted(batch: Any) -> Any:
-        batches.append(len(batch))
-        return real(batch)
-
-    monkeypatch.setattr(store, "_commit_batch", counted)
+    batches = count_batches(store, "_commit_batch", monkeypatch)
     entries = [make_entry(f"http://d.example/{i}") for i in range(12)]
     got = await asyncio.gather(
         *(put(store, e, body=b"body %d" % i) for i, e in enumerate(entries)),
