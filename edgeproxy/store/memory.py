@@ -16,7 +16,7 @@ Pure data structure: no I/O, no clock, no locks (used from the event loop).
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TypeVar, cast
 
@@ -25,7 +25,19 @@ from edgeproxy.store.base import Body
 
 T = TypeVar("T")
 
-ENTRY_OVERHEAD = 512  # bytes charged per stored variant's metadata, beyond its fields
+# What the tier charges against max_bytes: what Python really holds, not only
+# the bodies' and fields' bytes. Calibrated with tracemalloc through a real
+# proxy (tests/e2e/test_hot_tier_memory.py holds the charge to the memory a
+# cleared tier gives back): the key's own slot (_Hot, the LRU and hash-index
+# entries, the key), each kept body (Body, the bytes object), each listed
+# variant (Entry, its memoised parses, the head templates built from it on
+# hits), each field line (its multidict item and strings, its copy in those
+# templates). Charging 512 bytes a variant and nothing else let a 64 MiB
+# tier of 1 KiB objects hold ~250 MiB.
+KEY_OVERHEAD = 850
+BODY_OVERHEAD = 200
+ENTRY_OVERHEAD = 3000
+FIELD_OVERHEAD = 260
 
 
 @dataclass(slots=True)
@@ -42,8 +54,15 @@ def metadata_size(key: str, entries: list[Entry]) -> int:
     """What a variant list costs in memory, roughly (charged to max_bytes)."""
     n = len(key)
     for e in entries:
-        n += ENTRY_OVERHEAD + sum(len(k) + len(v) for k, v in e.fields.items())
+        n += ENTRY_OVERHEAD
+        for k, v in e.fields.items():
+            n += FIELD_OVERHEAD + len(k) + len(v)
     return n
+
+
+def key_charge(meta_bytes: int, body_sizes: Iterable[int]) -> int:
+    """A key's whole charge: its slot, its variants' metadata, its bodies."""
+    return KEY_OVERHEAD + meta_bytes + sum(BODY_OVERHEAD + size for size in body_sizes)
 
 
 class MemoryTier:
@@ -158,7 +177,7 @@ class MemoryTier:
 
     def _account(self, key: str, hot: _Hot) -> None:
         """Recharge `hot`, mark it most recent, evict least recent past the bound."""
-        size = hot.meta_bytes + sum(b.size for b in hot.bodies.values())
+        size = key_charge(hot.meta_bytes, (b.size for b in hot.bodies.values()))
         self.nbytes += size - hot.nbytes
         hot.nbytes = size
         self._keys.move_to_end(key)
