@@ -1,12 +1,12 @@
-"""A lean HTTP/1.1 client for the origin's body-less GET and HEAD requests.
+"""A lean HTTP/1.1 client for requests to plain-http origin servers.
 
-Revalidations and misses are GETs without a body to a plain-http origin, and
-aiohttp's client spent more CPU on each (~100 us: request and response
-objects, URL handling, timers rescheduled per read) than the rest of a
-revalidation. Here a request is one pre-joined head written to a pooled
-keep-alive connection, and the response is parsed by llhttp (httptools, the
-parser uvicorn uses). Everything else (request bodies, TLS origins, other
-methods) stays on aiohttp's client (origin.py picks).
+aiohttp's client spent more CPU on each origin request (~100 us: request and
+response objects, URL handling, timers rescheduled per read) than the rest
+of a revalidation. Here a request is one pre-joined head (and its body, if
+any, streamed after it) written to a pooled keep-alive connection, and the
+response is parsed by llhttp (httptools, the parser uvicorn uses). TLS
+servers and server URLs with credentials stay on aiohttp's client
+(origin.py picks).
 
 What a response offers is the part of aiohttp's ClientResponse the proxy
 uses (`status`, `headers`, `content_length`, `content.iter_chunked`,
@@ -16,10 +16,10 @@ aiohttp.ClientPayloadError or TimeoutError, which fill.py already handles.
 
 Connections (RFC 9112 section 9): kept alive unless either side says close,
 at most `limit` per server (waiters queue in order), idle ones reused
-newest first and closed after KEEPALIVE seconds unused. A request on a
-reused connection that the server closed before sending a byte (the
-keep-alive race, RFC 9112 section 9.3.1) is sent once more on a new
-connection: only GET and HEAD come here, and both are idempotent.
+newest first and closed after KEEPALIVE seconds unused. A body-less
+idempotent request whose server closed the connection before sending a
+byte (the keep-alive race, RFC 9112 section 9.3.1) is sent once more on a
+new connection; a POST, or any request with a body, never is.
 """
 
 from __future__ import annotations
