@@ -1,4 +1,6 @@
-"""The upstream HTTP client: one shared aiohttp session, errors mapped to EdgeError.
+"""The upstream HTTP clients: which one a request takes (the lean h1client for
+plain-http servers, one shared aiohttp session for the rest), errors mapped
+to EdgeError.
 
 Also the I/O half of origin pools (pool.py holds the state machine): the
 active health-check loop, and which errors mean "never connected" (the only
@@ -60,9 +62,10 @@ async def send(
     """Send one request to the origin and return once the response head is in.
 
     `target` is the request target exactly as received (path and query),
-    never re-encoded. The caller must release the response. A GET or HEAD
-    without a body to a plain-http server goes through `conns` (h1client.py,
-    the lean client), anything else through aiohttp's.
+    never re-encoded. The caller must release the response. A request to a
+    plain-http server goes through `conns` (h1client.py, the lean client)
+    unless the origin says `client: aiohttp`; TLS and credentialed servers
+    through aiohttp's.
     """
     base = server or origin.url
     # userinfo in a server URL is aiohttp's to turn into Authorization.
