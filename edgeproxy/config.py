@@ -47,8 +47,8 @@ class OriginConfig:
     read_timeout: float = 30.0
     host_header: str | None = None  # Host sent upstream; None = the server's own
     max_connections: int = 100
-    # Body-less GET and HEAD to http:// servers go through the lean client
-    # (h1client.py) unless "aiohttp"; everything else always uses aiohttp's.
+    # Requests to http:// servers go through the lean client (h1client.py)
+    # unless "aiohttp"; https:// (and credentialed) servers always use aiohttp's.
     client: OriginClient = "lean"
     # Balancing, passive ejection and active health checks (pool.py).
     pool: PoolSettings = field(default_factory=PoolSettings)
