@@ -853,42 +853,39 @@ class DiskStore:
         committed, in this same pool job (the hot tier's publish: no 2nd hop).
 
         A body diskcache keeps inline (bytes under its min_file_size: no file
-        to copy) goes in the index transaction itself: one BEGIN IMMEDIATE /
-        COMMIT per stored entry, and a refused commit rolls its body back
-        with it. A larger body is copied to its file outside any lock, in
-        diskcache's own transaction, before the index one.
+        to copy) goes in the index transaction itself (`_commit_batch`, which
+        DiskWriter.commit usually reaches with others arriving together), and
+        a refused commit rolls its body back with it. A larger body is copied
+        to its file outside any lock, in diskcache's own transaction, before
+        the index one.
         """
-        body_key = BODY + entry.variant
         value: bytes | IO[bytes] = tmp if tmp is not None else data or b""
-        inline = isinstance(value, bytes) and len(value) < self._min_file_size()
+        if isinstance(value, bytes) and len(value) < self._min_file_size():
+            # Inline: in the index transaction itself, as a batch of one.
+            (result,) = self._commit_batch([_Inline(entry, value, then)])
+            if isinstance(result, Exception):
+                raise result
+            return result
+        body_key = BODY + entry.variant
         watch = self._watch_evictions()  # before any transaction: it may create TEMP objects
-        evicted: list[str] = []
         try:
-            if not inline:
-                try:
-                    if tmp is not None:
-                        tmp.flush()
-                        tmp.seek(0)
-                    evicted = self._set_body(body_key, value, watch)
-                finally:
-                    if tmp is not None:
-                        with contextlib.suppress(OSError):
-                            tmp.close()  # delete=True unlinks it
-                if evicted:  # committed by diskcache's own transaction
-                    self._evicted(evicted)
-                    evicted = []
+            try:
+                if tmp is not None:
+                    tmp.flush()
+                    tmp.seek(0)
+                evicted = self._set_body(body_key, value, watch)
+            finally:
+                if tmp is not None:
+                    with contextlib.suppress(OSError):
+                        tmp.close()  # delete=True unlinks it
+            if evicted:  # committed by diskcache's own transaction
+                self._evicted(evicted)
             with self._txn() as sql:
-                held = value if inline and isinstance(value, bytes) else None
-                entry, notes = self._index(sql, entry, body_key, held, watch)
-                if inline:
-                    evicted = notes
+                entry, _ = self._index(sql, entry, body_key, None, watch)
         except BaseException:
-            if not inline:  # inline, the rollback took the body row along
-                with contextlib.suppress(*LOW_ERRORS):
-                    self._cache.delete(body_key)
+            with contextlib.suppress(*LOW_ERRORS):
+                self._cache.delete(body_key)
             raise
-        if evicted:  # only evictions that committed are news
-            self._evicted(evicted)
         if then is not None:
             then(entry)
         return entry
