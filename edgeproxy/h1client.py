@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import re
 import socket
 from collections.abc import AsyncIterable, AsyncIterator
+from dataclasses import dataclass
 from typing import Any, Protocol, cast
 from urllib.parse import urlsplit
 
@@ -156,7 +158,6 @@ class _Connection(asyncio.Protocol):
         self.response: OriginResponse | None = None
         self.open = True  # False once closed or lost: its slot is freed once
         self.idle_since = 0.0
-        self.used = False
         self.sending = False  # a request body is still going out: not reusable yet
         self._drain: asyncio.Future[None] | None = None
         self._write_paused = False
@@ -479,6 +480,20 @@ class OriginResponse:
         self.release()
 
 
+@dataclass(frozen=True, slots=True)
+class _Outgoing:
+    """One request as it goes out (and, once, out again)."""
+
+    method: str
+    head: bytes
+    body: AsyncIterable[bytes] | None
+    chunked: bool
+    retry: bool
+    name: str
+    connect_timeout: float | None
+    read_timeout: float | None
+
+
 class OriginConnections:
     """Every server's pool of connections, for one event loop."""
 
@@ -512,72 +527,51 @@ class OriginConnections:
         sent with the Content-Length in `headers`, else chunked.
         """
         server = self.server(url, limit)
-        chunked = body is not None and "content-length" not in headers
-        head = request_head(method, target, headers, server.netloc, body is not None)
-        # RFC 9112 section 9.3.1: only an idempotent request may be sent again,
-        # and only one whose body (none) can be.
-        retry = body is None and method in IDEMPOTENT
+        out = _Outgoing(
+            method=method,
+            head=request_head(method, target, headers, server.netloc, body is not None),
+            body=body,
+            chunked=body is not None and "content-length" not in headers,
+            # RFC 9112 section 9.3.1: only an idempotent request may be sent
+            # again, and only one whose body (none) can be.
+            retry=body is None and method in IDEMPOTENT,
+            name=name,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+        )
         try:
-            return await self._send(
-                server, method, head, name, connect_timeout, read_timeout, body, chunked, retry
-            )
+            return await self._send(server, out)
         except _Stale:
             # Either nothing was written (a connection handed over closed in
             # between: any request may go, its body still unread) or a retry-
             # able request got no byte back: once more, on a new connection.
             pass
         try:
-            return await self._send(
-                server,
-                method,
-                head,
-                name,
-                connect_timeout,
-                read_timeout,
-                body,
-                chunked,
-                False,
-                True,
-            )
+            return await self._send(server, dataclasses.replace(out, retry=False), fresh=True)
         except _Stale as e:
             raise OriginUnreachable(
                 f"origin {name} closed the connection", ProxyError.CONNECTION_TERMINATED
             ) from e
 
-    async def _send(
-        self,
-        server: Server,
-        method: str,
-        head: bytes,
-        name: str,
-        connect_timeout: float | None,
-        read_timeout: float | None,
-        body: AsyncIterable[bytes] | None,
-        chunked: bool,
-        retry: bool,
-        fresh: bool = False,
-    ) -> OriginResponse:
+    async def _send(self, server: Server, out: _Outgoing, fresh: bool = False) -> OriginResponse:
         loop = asyncio.get_running_loop()
         conn = await server.acquire(loop.time(), reuse=not fresh)
         if conn is None:
-            conn = await _connect(loop, server, name, connect_timeout)
+            conn = await _connect(loop, server, out.name, out.connect_timeout)
         elif not conn.open:
             raise _Stale()  # handed over, then closed before we could use it
-        else:
-            conn.used = True
         assert conn.transport is not None
-        response = OriginResponse(conn, method, read_timeout, name, loop)
-        response._retry = retry
+        response = OriginResponse(conn, out.method, out.read_timeout, out.name, loop)
+        response._retry = out.retry
         conn.response = response
         try:
-            conn.transport.write(head)
-            if body is not None:
+            conn.transport.write(out.head)
+            if out.body is not None:
                 conn.sending = True
-                response._upload = loop.create_task(_upload(conn, response, body, chunked))
+                upload = _upload(conn, response, out.body, out.chunked)
+                response._upload = loop.create_task(upload)
             await response._head
-        except _Stale:
-            raise
-        except EdgeError:
+        except (_Stale, EdgeError):
             raise
         except BaseException:
             response._fail(asyncio.CancelledError())  # mid-request: not reusable
