@@ -9,6 +9,7 @@ is built on, never the other way round.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -20,6 +21,9 @@ from edgeproxy.policy.decide import Decision, Request
 from edgeproxy.policy.entry import Entry
 from edgeproxy.pool import Pool
 from edgeproxy.state import EdgeState, Snapshot
+
+if TYPE_CHECKING:
+    from edgeproxy.upstream import Prefetched
 
 
 class ExchangeState:
@@ -63,3 +67,7 @@ class ExchangeState:
         self.sent: web.StreamResponse | None = None  # its head is out
         self.origin_status: int | None = None
         self.origin_ms: float | None = None  # until the origin's head, or its failure
+        # The wire path's answer to this request's trip upstream, if it
+        # went there first (upstream.Prefetched), and, once taken, its times.
+        self.prefetched: Prefetched | None = None
+        self.upstream_times: tuple[float, float] | None = None

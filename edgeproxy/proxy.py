@@ -30,7 +30,7 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
-from typing import NamedTuple, assert_never
+from typing import NamedTuple, assert_never, cast
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -79,6 +79,7 @@ from edgeproxy.responses import NoClient, RelayedResponse, text_response
 from edgeproxy.routing import bare_host, select_route
 from edgeproxy.state import EDGE, EdgeState, Snapshot
 from edgeproxy.store.base import StoreError
+from edgeproxy.upstream import Prefetched
 
 log = logging.getLogger("edgeproxy.proxy")  # one logger for the request path
 
@@ -97,7 +98,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
     edge = request.app[EDGE]
     snap = edge.snapshot  # read once: in-flight requests keep their rules
     at = edge.clock()
-    rid = request_id(request.headers.get(REQUEST_ID))
+    pre = _prefetched(request)
+    rid = pre.rid if pre is not None else request_id(request.headers.get(REQUEST_ID))
     ctx: _Exchange | None = None
     route_name: str | None = None
     resp: web.StreamResponse | None = None
@@ -105,6 +107,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
         routed = await _route(request, edge, snap, rid)
         if isinstance(routed, _Exchange):
             ctx = routed
+            ctx.prefetched, pre = pre, None
             route_name = ctx.route.name
             try:
                 resp = await ctx.run()
@@ -117,6 +120,10 @@ async def handle(request: web.Request) -> web.StreamResponse:
                 resp.headers[REQUEST_ID] = rid
         return resp
     finally:
+        if ctx is not None and ctx.prefetched is not None:
+            pre, ctx.prefetched = ctx.prefetched, None
+        if pre is not None:
+            pre.discard()  # not taken: its request was not the one this exchange sent
         # Metrics on every request; what the client got, as the access log says.
         sent = resp if resp is not None or ctx is None else ctx.sent
         from_store = ctx is not None and ctx.from_store
@@ -137,6 +144,13 @@ async def handle(request: web.Request) -> web.StreamResponse:
             nbytes,
             lambda: _access_record(request, at, started, rid, route_name, ctx, sent, cache, nbytes),
         )
+
+
+def _prefetched(request: web.Request) -> Prefetched | None:
+    """The origin's answer the wire path got for this request before it
+    left it to us (server._AnyMethodProtocol, wire_revalidation.py)."""
+    take = getattr(request.protocol, "take_prefetched", None)
+    return None if take is None else cast("Prefetched | None", take())
 
 
 def account(
@@ -518,6 +532,7 @@ class _Exchange(Relay):
         flight = flights.lead(self.key, cache.collapse_buffer, cache.directory)
         bg = copy.copy(self)
         bg.client = False
+        bg.prefetched = None  # the client's own request's, if any
         bg.req = Request("GET", self.req.headers, self.req.cc)
         bg.decision = d
         self.edge.counters["background_revalidations"] += 1
@@ -547,37 +562,44 @@ class _Exchange(Relay):
         except EdgeError as e:
             return await self._upstream_failed(e, flight)
         response_time = clock()
+        if self.upstream_times is not None:  # sent by the wire path (upstream.Prefetched)
+            request_time, response_time = self.upstream_times
         if upstream.status == 304:
             self._release(upstream)
             if validates(d.entry, upstream.headers):
                 self.edge.counters["revalidated_304"] += 1
                 merged = merge_304(d.entry, upstream.headers, request_time, response_time)
-                kept = await self._keep_merged(merged)
+                storable_now = self._storable(merged)
+                kept = storable_now and await self._keep_merged(merged)
                 if flight is not None:
                     flight.resolve(Refreshed(merged) if kept else Released(status=304))
                     self.edge.flights.land(flight)
-                if not self.client:
-                    return NoClient()
-                now = clock()
-                age = int(current_age(merged, now))
-                outcome = evaluate(
-                    self.req.method, self.request.headers, merged.fields, merged.date
-                )
-                cs = CacheStatus(fwd=d.fwd, fwd_status=304, ttl=ttl(merged, self.policy, now))
-                served = await self.serve_stored(
-                    Serve(merged, age, cs.ttl or 0, outcome), cs, validated=True
-                )
-                if served is not None:
-                    return served
+                try:
+                    if not self.client:
+                        return NoClient()
+                    now = clock()
+                    age = int(current_age(merged, now))
+                    outcome = evaluate(
+                        self.req.method, self.request.headers, merged.fields, merged.date
+                    )
+                    cs = CacheStatus(fwd=d.fwd, fwd_status=304, ttl=ttl(merged, self.policy, now))
+                    served = await self.serve_stored(
+                        Serve(merged, age, cs.ttl or 0, outcome), cs, validated=True
+                    )
+                    if served is not None:
+                        return served
+                finally:
+                    if not storable_now:
+                        # Unstorable now (no-store, private...): it still answers
+                        # this request (4.3.4), then the stored one goes.
+                        await self._drop_merged(merged)
             # The 304 doesn't describe what we hold (4.3.4): fetch it whole.
             return await self.forward(d.fwd, True, flight)
         return await self.relay(upstream, d.fwd, request_time, response_time, True, flight)
 
-    async def _keep_merged(self, merged: Entry) -> bool:
-        """Store the freshened response, unless the 304 made it unstorable
-        (e.g. it added no-store or private): then the old one goes too.
-        True when it is stored."""
-        verdict = storable(
+    def _storable(self, merged: Entry) -> bool:
+        """May the freshened response be stored (a 304 may add no-store or private)?"""
+        return storable(
             "GET",
             self.request.headers,
             self.req.cc,
@@ -585,14 +607,21 @@ class _Exchange(Relay):
             merged.fields,
             merged.cache_control,
             self.policy,
-        )
+        ).ok
+
+    async def _keep_merged(self, merged: Entry) -> bool:
+        """Store the freshened response; True when it is stored."""
         try:
-            if verdict.ok:
-                return await self.edge.store.update(merged)
-            await self.edge.store.delete_variant(merged)
+            return await self.edge.store.update(merged)
         except StoreError as e:
             log.log(store_log_level(e), "could not refresh %s after 304: %s", self.key, e)
         return False
+
+    async def _drop_merged(self, merged: Entry) -> None:
+        try:
+            await self.edge.store.delete_variant(merged)
+        except StoreError as e:
+            log.log(store_log_level(e), "could not drop %s after 304: %s", self.key, e)
 
     async def forward(
         self, fwd: Fwd, cacheable: bool, flight: Flight | None = None
@@ -631,6 +660,8 @@ class _Exchange(Relay):
         except EdgeError as e:
             return await self._upstream_failed(e, flight, cacheable)
         response_time = self.edge.clock()
+        if self.upstream_times is not None:  # sent by the wire path (upstream.Prefetched)
+            request_time, response_time = self.upstream_times
         return await self.relay(upstream, fwd, request_time, response_time, cacheable, flight)
 
     async def _upstream_failed(
