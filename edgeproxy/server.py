@@ -30,6 +30,8 @@ from edgeproxy.state import EDGE, EdgeState, Snapshot
 from edgeproxy.store.base import Store, StoreError
 from edgeproxy.store.disk import DiskStore
 from edgeproxy.store.tiered import TieredStore
+from edgeproxy.upstream import Prefetched
+from edgeproxy.wire_revalidation import Revalidation
 from edgeproxy.workers import EXIT_SETUP, RELOAD_OTHERS, SetupError, Supervisor
 
 log = logging.getLogger("edgeproxy")
@@ -226,7 +228,11 @@ class _AnyMethodProtocol(web_protocol.RequestHandler):
         self._parser = self._strict
         self._refused: asyncio.TimerHandle | None = None  # set: over the connection cap
         self._edge: EdgeState | None = None  # set: the wire fast path may answer (wire.py)
-        self._file_hit_task: asyncio.Task[None] | None = None  # a wire.FileHit being sent
+        # A wire.FileHit being sent or a wire_revalidation.Revalidation under
+        # way (`_wire_job`: which), in `_wire_task`.
+        self._wire_task: asyncio.Task[None] | None = None
+        self._wire_job: wire.FileHit | Revalidation | None = None
+        self._prefetched: Prefetched | None = None  # for the full path: take_prefetched
         self._held = b""  # what the client sent after it
         self._client: str | None = None  # the peer's address, for the access log
 
@@ -272,8 +278,8 @@ class _AnyMethodProtocol(web_protocol.RequestHandler):
     def data_received(self, data: bytes) -> None:
         if self._refused is not None:
             return  # whatever a refused client sends is dropped
-        if self._file_hit_task is not None:
-            self._held += data  # after the file being sent (reading is paused)
+        if self._wire_task is not None:
+            self._held += data  # after the request being answered (reading is paused)
             return
         if self._edge is not None and self._idle():
             data = self._answer_on_wire(self._edge, data)
@@ -311,7 +317,7 @@ class _AnyMethodProtocol(web_protocol.RequestHandler):
         whose last response said so; a response written meanwhile goes out
         before the close."""
         return (
-            self._file_hit_task is None
+            self._wire_task is None
             and not self._messages
             and not self._request_in_progress
             and self._payload_parser is None
@@ -349,11 +355,12 @@ class _AnyMethodProtocol(web_protocol.RequestHandler):
                 out = None
             if out is None:
                 break
-            if isinstance(out, wire.FileHit):
-                # Sent by a task; whatever follows waits for it, unread.
+            if not isinstance(out, bytes):
+                # Answered by a task; whatever follows waits for it, unread.
                 self._held = data[head.end :]
-                self._file_hit_task = self._loop.create_task(
-                    self._file_hit(out, data[start : head.end])
+                self._wire_job = out
+                self._wire_task = self._loop.create_task(
+                    self._run_wire_job(out, data[start : head.end])
                 )
                 self._pause_transport_reading()  # the transport only: the parser is idle
                 self._served_here()
@@ -378,42 +385,54 @@ class _AnyMethodProtocol(web_protocol.RequestHandler):
         if manager is not None:
             manager.requests_count += 1
 
-    async def _file_hit(self, hit: wire.FileHit, raw: bytes) -> None:
-        """Send a file-backed hit, then go on with what the client sent
-        after it; if its body is gone before anything was written, the full
-        path answers the request (`raw`) instead."""
+    async def _run_wire_job(self, job: wire.FileHit | Revalidation, raw: bytes) -> None:
+        """Send a file-backed hit or run a revalidation, then go on with what
+        the client sent after it. When it did not answer (a file body gone
+        before anything was written, an origin answer other than a 304),
+        the full path answers the request (`raw`) instead, taking the
+        origin's answer if it got one (`take_prefetched`)."""
         transport = self.transport
         answered = False
         try:
             assert transport is not None
-            answered = await hit.send(transport)
+            answered = await job.send(transport)
         except ConnectionResetError:
             answered = True  # the client left: nothing more to do for it
         except ShortBody as e:
             answered = True
-            log.warning("%s: %s; dropping the connection", hit.entry.key, e)
+            log.warning("%s: %s; dropping the connection", raw[:200], e)
             if self.transport is not None:
                 self.transport.abort()  # a short body would look complete
         except Exception:
             answered = True  # the head may be out: the connection can't go on
-            log.exception("wire fast path failed sending %s", hit.entry.key)
+            log.exception("wire fast path failed answering %r", raw[:200])
             if self.transport is not None:
                 self.transport.abort()
         finally:
-            self._file_hit_task = None
+            self._wire_task = self._wire_job = None
             held, self._held = self._held, b""
+        pre = None if answered or not isinstance(job, Revalidation) else job.prefetched
         if self.transport is None or self.transport.is_closing():
+            if pre is not None:
+                pre.discard()  # the client left: nobody to relay it to
             return
         self._served_here()
         if not self._reading_paused and not self._buffer_paused:
             self._resume_transport_reading()
         if not answered:  # the full path answers it (and what came after)
+            self._prefetched = pre
             self._to_aiohttp(raw + held)
         elif held:
             self.data_received(held)
 
+    def take_prefetched(self) -> Prefetched | None:
+        """The origin's answer to the request just handed to aiohttp, for
+        its handler (proxy.handle): once."""
+        pre, self._prefetched = self._prefetched, None
+        return pre
+
     def _process_keepalive(self) -> None:
-        if self._file_hit_task is not None:  # sending: not idle
+        if self._wire_task is not None:  # answering: not idle
             self._keepalive_handle = self._loop.call_at(
                 self._loop.time() + self._keepalive_timeout, self._process_keepalive
             )
@@ -423,7 +442,7 @@ class _AnyMethodProtocol(web_protocol.RequestHandler):
     async def shutdown(self, timeout: float | None = 15.0) -> None:  # noqa: ASYNC109 - aiohttp's signature
         """aiohttp's drain, after a file hit being sent here (it knows only
         its own handlers)."""
-        task = self._file_hit_task
+        task = self._wire_task
         if task is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(task), timeout)
@@ -482,8 +501,13 @@ class _AnyMethodProtocol(web_protocol.RequestHandler):
             self._refused.cancel()
             return  # never registered: nothing of aiohttp's to tear down
         self._cancel_timers()
-        if self._file_hit_task is not None:
-            self._file_hit_task.cancel()  # nobody left to send to (its body is closed)
+        if self._wire_task is not None and isinstance(self._wire_job, wire.FileHit):
+            self._wire_task.cancel()  # nobody left to send to (its body is closed)
+        # A revalidation goes on: the store and the requests collapsed on it
+        # want its answer. One handed over but never taken goes back.
+        pre, self._prefetched = self._prefetched, None
+        if pre is not None:
+            pre.discard()
         super().connection_lost(exc)
 
     def handle_error(

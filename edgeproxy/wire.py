@@ -25,7 +25,9 @@ accesslog.json_parts). What it takes:
   hot tier's max object): then a `FileHit`, which the protocol sends in a
   task (head, then sendfile) while it holds what the client sent after it;
 - a fresh `Serve` decision whose outcome is the stored response or a 304
-  (a 412, anything stale, a miss or a Range: the full path).
+  (a 412, a miss or a Range: the full path); a `Revalidate` one may be
+  taken by wire_revalidation.py (a `Revalidation`, run in a task like a
+  FileHit).
 
 The head it writes is the template aiohttp would be given, serialised as
 aiohttp serialises it (tests/e2e/test_fast_path.py compares the two paths
@@ -40,7 +42,6 @@ import functools
 import os
 import time
 from collections.abc import Callable
-from http import HTTPStatus
 
 from multidict import CIMultiDict
 
@@ -50,135 +51,27 @@ from edgeproxy.accesslog import (
     emit_line,
     json_client,
     json_line,
-    json_parts,
     request_id,
 )
 from edgeproxy.bodies import close_body, send_file
 from edgeproxy.cachekey import route_key
 from edgeproxy.config import Route
 from edgeproxy.http.cache_control import request_cache_control
-from edgeproxy.http.cache_status import CacheStatus
 from edgeproxy.http.conditionals import Precondition
 from edgeproxy.http.ranges import IGNORE, evaluate_range
 from edgeproxy.http.request_head import RequestHead
-from edgeproxy.metrics import byte_source, outcome
-from edgeproxy.policy.decide import Request, Serve, decide
+from edgeproxy.metrics import byte_source
+from edgeproxy.policy.decide import Request, Revalidate, Serve, decide
 from edgeproxy.policy.entry import Entry
 from edgeproxy.proxy import Located, access_logged, access_record, locate, select
-from edgeproxy.serving import keep, prebuilt_for, stored_template
 from edgeproxy.state import EdgeState, Snapshot
 from edgeproxy.store.tiered import TieredStore
+from edgeproxy.wire_head import WireHead, wire_head_for
+from edgeproxy.wire_revalidation import Asked, Revalidation, revalidation
 
 _VERSION = (1, 1)
 _AGE, _STATUS, _ID = "age", "cache-status", REQUEST_ID.lower()
 _SOURCE = byte_source(True, True)  # as the full path counts a stored body
-
-
-class WireHead:
-    """A stored response's head as bytes, with the three per-request values
-    (Age, Cache-Status, request id) as gaps: `parts` are the bytes around
-    them, `order` which value goes in each gap."""
-
-    __slots__ = ("code", "lines", "order", "parts", "statuses")
-
-    def __init__(self, parts: list[bytes], order: list[int], code: int) -> None:
-        self.parts = parts
-        self.order = order
-        self.code = code  # the status it sends
-        # (method, target, cache outcome) -> the access line's fixed runs.
-        self.lines: dict[tuple[str, str, str], tuple[str, str]] = {}
-        # ttl -> (Cache-Status value, cache outcome): the same for every hit
-        # of this entry, snapshot and status within a second of ttl.
-        self.statuses: dict[int, tuple[bytes, str]] = {}
-
-    def line_parts(
-        self, method: str, target: str, nbytes: int, cache: str, route: str
-    ) -> tuple[str, str]:
-        """accesslog.json_parts for a hit of this head: kept per method, target
-        and outcome (everything else in them is fixed for the head)."""
-        slot = (method, target, cache)
-        parts = self.lines.get(slot)
-        if parts is None:
-            parts = json_parts(method, target, self.code, nbytes, cache, route, None, None)
-            if len(self.lines) >= 64:
-                self.lines.clear()
-            self.lines[slot] = parts
-        return parts
-
-    def status(self, ttl: int, status: int, cache_name: str) -> tuple[bytes, str]:
-        """The Cache-Status a hit sends (RFC 9211: hit, ttl) and its outcome."""
-        memo = self.statuses.get(ttl)
-        if memo is None:
-            cs = CacheStatus(hit=True, ttl=ttl)
-            memo = (cs.render(cache_name).encode(), outcome(cs, status, True))
-            if len(self.statuses) >= 16:
-                self.statuses.clear()
-            self.statuses[ttl] = memo
-        return memo
-
-    def render(self, values: tuple[bytes, bytes, bytes]) -> bytes:
-        parts, order = self.parts, self.order
-        out = [parts[0]]
-        for i, which in enumerate(order):
-            out.append(values[which])
-            out.append(parts[i + 1])
-        return b"".join(out)
-
-
-def wire_head(template: CIMultiDict[str], status: int, length: int | None) -> WireHead | None:
-    """`template` as aiohttp would send it for `status` (`length`: the body's
-    Content-Length, None for a 304), or None if it would not send it as is:
-    aiohttp adds Date when there is none (and with its own clock), and
-    refuses CR or LF in a field."""
-    headers = CIMultiDict(template)
-    if length is not None:
-        headers["Content-Length"] = str(length)  # StreamResponse.content_length does this
-    if "Date" not in headers:
-        return None
-    try:
-        phrase = HTTPStatus(status).phrase
-    except ValueError:
-        return None
-    parts: list[bytes] = []
-    order: list[int] = []
-    text = f"HTTP/1.1 {status} {phrase}\r\n"
-    gaps = {_AGE: 0, _STATUS: 1, _ID: 2}
-    for name, value in headers.items():
-        if "\r" in name or "\n" in name or "\r" in value or "\n" in value:
-            return None
-        gap = gaps.get(name.lower())
-        if gap is None:
-            text += f"{name}: {value}\r\n"
-            continue
-        text += f"{name}: "
-        parts.append(text.encode("utf-8"))
-        order.append(gap)
-        text = "\r\n"
-    parts.append(text.encode("utf-8") + b"\r\n")
-    if sorted(order) != [0, 1, 2]:
-        return None
-    return WireHead(parts, order, status)
-
-
-def _wire_head(
-    store: TieredStore, snap: Snapshot, route: Route, entry: Entry, status: int
-) -> WireHead | None:
-    """The entry's WireHead for this snapshot, route and status, built once."""
-    templates = prebuilt_for(store, entry)
-    slot = ("wire", id(snap), id(route), status)
-    kept = templates.get(slot)
-    if kept is not None and kept[0] is snap and kept[1] is route:
-        return kept[2]  # type: ignore[return-value]
-    template = stored_template(store, snap, route, _VERSION, entry, status, False)
-    length = None if status == 304 else entry.body_size
-    built = None
-    if template is not None:
-        try:
-            built = wire_head(template, status, length)
-        except UnicodeEncodeError:  # aiohttp would fail on it too: the full path's
-            built = None
-    keep(templates, slot, (snap, route, built))
-    return built
 
 
 class _RouteMemo:
@@ -272,7 +165,9 @@ class FileHit:
         return True
 
 
-def answer(edge: EdgeState, head: RequestHead, client: str | None) -> bytes | FileHit | None:
+def answer(
+    edge: EdgeState, head: RequestHead, client: str | None
+) -> bytes | FileHit | Revalidation | None:
     """The whole response to `head` (head and body), a FileHit to send, or
     None: the full path's."""
     started = time.monotonic()
@@ -297,6 +192,11 @@ def answer(edge: EdgeState, head: RequestHead, client: str | None) -> bytes | Fi
         return None
     req = Request(method, headers, request_cache_control(headers))
     d = decide(req, candidates, route.policy, edge.clock())
+    if isinstance(d, Revalidate):
+        asked = Asked(
+            head, headers, req, client, request_id(headers.get(REQUEST_ID)), (at, started)
+        )
+        return revalidation(edge, (snap, route, host, key), asked, candidates, d)
     if not isinstance(d, Serve) or d.stale or d.outcome is Precondition.FAILED:
         return None
     entry = d.entry
@@ -321,7 +221,7 @@ def answer(edge: EdgeState, head: RequestHead, client: str | None) -> bytes | Fi
                 and evaluate_range(method, headers, entry.fields, entry.body_size) is not IGNORE
             ):
                 return None  # a 206 or 416: the full path's
-    wire = _wire_head(store, snap, route, entry, status)
+    wire = wire_head_for(store, snap, route, entry, status)
     if wire is None:
         return None
     rid = request_id(headers.get(REQUEST_ID))

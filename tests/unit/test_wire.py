@@ -6,12 +6,16 @@ import dataclasses
 from types import MappingProxyType
 
 import pytest
-from multidict import CIMultiDict
+from hypothesis import given
+from hypothesis import strategies as st
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from edgeproxy.cachekey import KeyRules, route_key
 from edgeproxy.config import Config, OriginConfig, PathMatch, Route, RouteMatch
+from edgeproxy.policy.entry import Entry
 from edgeproxy.state import Snapshot
-from edgeproxy.wire import _RouteMemo, wire_head
+from edgeproxy.wire import _RouteMemo
+from edgeproxy.wire_head import WireHead, wire_head
 
 DATE = "Thu, 01 Jan 2026 00:00:00 GMT"
 VALUES = (b"7", b"edgeproxy; hit; ttl=3", b"rid")
@@ -162,3 +166,98 @@ def test_route_memo_follows_the_snapshot_and_is_bounded() -> None:
     for i in range(_RouteMemo.MAX + 10):
         memo.find(before, "edge.test", f"/p/{i}", "GET")
     assert len(memo._found) <= _RouteMemo.MAX
+
+
+# -- WireHead.redated: a head carried over a 304 that changed only Date --------
+
+NEW_DATE = "Thu, 01 Jan 2026 00:00:09 GMT"
+
+
+def stored(fields: list[tuple[str, str]], size: int = 3) -> Entry:
+    return Entry("k", 200, CIMultiDictProxy(CIMultiDict(fields)), 0.0, 0.0, body_size=size)
+
+
+def built(entry: Entry) -> WireHead:
+    """The head wire_head builds for `entry`'s fields (a stand-in template)."""
+    head = wire_head(
+        CIMultiDict(
+            [*entry.fields.items(), ("Age", ""), ("Cache-Status", ""), ("X-Request-Id", "")]
+        ),
+        200,
+        entry.body_size,
+    )
+    assert head is not None
+    return head
+
+
+BASE = [("Date", DATE), ("ETag", '"a"'), ("Cache-Control", "max-age=0")]
+
+
+@pytest.mark.parametrize(
+    ("after", "size", "carried"),
+    [
+        pytest.param([("Date", NEW_DATE), *BASE[1:]], 3, True, id="only Date: carried"),
+        pytest.param(BASE, 3, True, id="nothing changed: the same head"),
+        pytest.param([*BASE[:2], ("Cache-Control", "max-age=9")], 3, False, id="another field"),
+        pytest.param([("Date", NEW_DATE), *BASE[1:]], 4, False, id="another body size"),
+        pytest.param([BASE[1], ("Date", NEW_DATE), BASE[2]], 3, False, id="fields reordered"),
+        pytest.param([*BASE, ("X-New", "1")], 3, False, id="a field added"),
+        pytest.param([("date", NEW_DATE), *BASE[1:]], 3, False, id="name case changed"),
+    ],
+)
+def test_redated_only_when_date_alone_changed(
+    after: list[tuple[str, str]], size: int, carried: bool
+) -> None:
+    before = stored(BASE)
+    head = built(before)
+    new = stored(after, size)
+    got = head.redated(before, new)
+    if not carried:
+        assert got is None
+        return
+    assert got is not None
+    assert got.render(VALUES) == built(new).render(VALUES)
+
+
+def test_redated_refuses_a_date_it_cannot_find_once() -> None:
+    # Two Date lines with one value: which one is which is not known.
+    before = stored([("Date", DATE), ("X-Copy", "1"), ("Date", DATE)])
+    after = stored([("Date", NEW_DATE), ("X-Copy", "1"), ("Date", DATE)])
+    assert built(before).redated(before, after) is None
+
+
+_VALUE = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=12)
+_NAME = st.sampled_from(["ETag", "Cache-Control", "X-A", "Vary", "Last-Modified", "Via"])
+# The per-request gaps, placed among the fields: Date may sit next to any.
+_GAPS = st.permutations([("Age", ""), ("Cache-Status", ""), ("X-Request-Id", "")])
+
+
+@given(
+    others=st.lists(st.tuples(_NAME, _VALUE), max_size=6),
+    gaps=_GAPS,
+    spots=st.lists(st.integers(min_value=0, max_value=9), min_size=4, max_size=4),
+    old=_VALUE,
+    new=_VALUE,
+)
+def test_redated_is_a_fresh_build(
+    others: list[tuple[str, str]],
+    gaps: list[tuple[str, str]],
+    spots: list[int],
+    old: str,
+    new: str,
+) -> None:
+    """Whatever the other fields and wherever Date and the gaps sit, a head
+    carried over renders as one built from scratch; refused only when the
+    stored fields are not Date-alone apart."""
+    fields = list(others)
+    for pair, spot in zip([("Date", old), *gaps], spots, strict=True):
+        fields.insert(min(spot, len(fields)), pair)
+    stored_fields = [f for f in fields if f not in gaps]
+    after_stored = [("Date", new) if f == ("Date", old) else f for f in stored_fields]
+    template = [("Date", new) if f == ("Date", old) else f for f in fields]
+    first = wire_head(CIMultiDict(fields), 200, 3)
+    fresh = wire_head(CIMultiDict(template), 200, 3)
+    assert first is not None and fresh is not None
+    got = first.redated(stored(stored_fields), stored(after_stored))
+    assert got is not None
+    assert got.render(VALUES) == fresh.render(VALUES)

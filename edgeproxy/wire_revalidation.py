@@ -1,0 +1,318 @@
+"""The wire path's revalidations: a stale hot entry validated upstream and,
+when the origin answers 304, answered in the listener's protocol.
+
+A revalidation through aiohttp's handler pays its request and response
+objects, router and writer on top of the trip upstream (a full-path hit
+costs ~3.5x a wire hit, docs/benchmarks.md). So, as wire.py does for fresh
+hits, the protocol (server._AnyMethodProtocol) runs a `Revalidation` in a
+task when `revalidation` here takes the request, holding whatever the
+client sends after it. It does what proxy._Exchange does for the same
+request, calling the same functions: `upstream_fields` and `send_upstream`
+(the request that goes upstream, its pool server, retry and health),
+`validates` and `merge_304` (RFC 9111 section 4.3.4), `storable`, the
+store's `update` (section 3.2: the stored fields are freshened), the
+flight other requests for the key collapse onto (collapse.py), `evaluate`
+(the client's own conditionals, RFC 9110 section 13.2.2), then the entry's
+wire head (wire.py) and the accounting of proxy.handle.
+
+It takes only what it can finish the same way: a GET of a routed, caching
+route whose decision is Revalidate because the entry is stale (fwd=stale),
+no stale rule applies (nothing past its keep time, no stale-while-
+revalidate: policy/stale.py), the body is in the hot tier, no other
+request is already revalidating the key, and neither a Range nor an
+If-Match / If-Unmodified-Since (a 206 or 412) is asked for. Anything else
+is the full path's from the start.
+
+Once the request has gone upstream, only a 304 that validates the entry is
+answered here. Any other answer, or a failure, is handed to the full path
+with the request (`upstream.Prefetched`): the exchange takes it as the
+answer to the same conditional request instead of sending it again, and
+relays and stores it, or serves stale-if-error, as it always does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from multidict import CIMultiDict
+
+from edgeproxy.accesslog import emit, emit_line, json_client, json_line, json_parts
+from edgeproxy.collapse import Flight, Refreshed, Released
+from edgeproxy.config import Route
+from edgeproxy.errors import EdgeError
+from edgeproxy.fill import store_log_level
+from edgeproxy.http.cache_status import CacheStatus, Fwd
+from edgeproxy.http.conditionals import Precondition, evaluate
+from edgeproxy.http.request_head import RequestHead
+from edgeproxy.metrics import byte_source, outcome
+from edgeproxy.policy.decide import Request, Revalidate
+from edgeproxy.policy.entry import Entry
+from edgeproxy.policy.freshness import current_age, ttl
+from edgeproxy.policy.stale import discardable, with_stale_while_revalidate
+from edgeproxy.policy.storable import storable
+from edgeproxy.policy.validation import CLIENT_CONDITIONALS, merge_304, validates
+from edgeproxy.proxy import access_logged, access_record
+from edgeproxy.state import EdgeState, Snapshot
+from edgeproxy.store.base import StoreError
+from edgeproxy.store.tiered import TieredStore
+from edgeproxy.upstream import Prefetched, Trip, send_upstream, upstream_fields
+from edgeproxy.wire_head import WireHead, wire_head_after_304, wire_head_for
+
+log = logging.getLogger("edgeproxy.proxy")  # one logger for the request path
+
+_SOURCE = byte_source(True, True)  # as the full path counts a stored body
+# Left to the full path: a 412 (If-Match, If-Unmodified-Since) or a 206 (Range).
+_NOT_HERE = ("if-match", "if-unmodified-since", "range", "if-range")
+
+
+class Asked:
+    """The request as the wire path read it: its head and fields, the
+    client's address, its request id, and when it began (HTTP clock,
+    monotonic)."""
+
+    __slots__ = ("at", "client", "head", "headers", "req", "rid", "started")
+
+    def __init__(
+        self,
+        head: RequestHead,
+        headers: CIMultiDict[str],
+        req: Request,
+        client: str | None,
+        rid: str,
+        times: tuple[float, float],
+    ) -> None:
+        self.head = head
+        self.headers = headers
+        self.req = req
+        self.client = client
+        self.rid = rid
+        self.at, self.started = times
+
+
+def revalidation(
+    edge: EdgeState,
+    where: tuple[Snapshot, Route, str, str],
+    asked: Asked,
+    candidates: list[Entry],
+    d: Revalidate,
+) -> Revalidation | None:
+    """A Revalidation for the protocol to run, or None: the full path's.
+    `where`: the snapshot, route, normalised host and cache key."""
+    snap, route, _, key = where
+    store = edge.store
+    headers = asked.headers
+    if asked.head.method != "GET" or d.fwd is not Fwd.STALE or not isinstance(store, TieredStore):
+        return None
+    if any(name in headers for name in _NOT_HERE):
+        return None
+    policy = route.policy
+    now = edge.clock()
+    if any(discardable(e, policy, now) for e in candidates):
+        return None  # deleted first, then decided again: the full path's
+    if with_stale_while_revalidate(asked.req, candidates, d, policy, now) is not d:
+        return None  # served stale while a task revalidates: the full path's
+    entry = d.entry
+    if entry.status in (204, 304) or entry.status < 200:
+        return None
+    hot = store.hot_body(entry)
+    if hot is None or hot.data is None:
+        return None
+    head = wire_head_for(store, snap, route, entry, entry.status, validated=True)
+    if head is None:
+        return None  # could not be written here after the 304 either
+    flights = edge.flights
+    if flights.get(key) is not None:
+        return None  # another request is on it: the full path joins it
+    cache = snap.config.cache
+    flight = None
+    # As _Exchange._collapsible and _collapse: the cache's own conditional
+    # request is shared unless the client asked for its own (no-cache).
+    if (
+        cache.collapse_max_waiters
+        and not asked.req.cc.has("no-cache")
+        and not flights.passing(key, now)
+    ):
+        flight = flights.lead(key, cache.collapse_buffer, cache.directory, now)
+    return Revalidation(edge, where, asked, (d, head), hot.data, flight)
+
+
+class Revalidation:
+    """One revalidation the protocol runs (server._AnyMethodProtocol._wire_task)."""
+
+    __slots__ = ("asked", "body", "d", "edge", "flight", "head", "prefetched", "where")
+
+    def __init__(
+        self,
+        edge: EdgeState,
+        where: tuple[Snapshot, Route, str, str],
+        asked: Asked,
+        decided: tuple[Revalidate, WireHead],
+        body: bytes,
+        flight: Flight | None,
+    ) -> None:
+        self.edge = edge
+        self.where = where
+        self.asked = asked
+        self.d, self.head = decided  # the decision, and its entry's head as it stands
+        self.body = body  # the stored body: a 304 leaves it as it is
+        self.flight = flight
+        # Set when it returns False: the origin's answer for the full path.
+        self.prefetched: Prefetched | None = None
+
+    async def send(self, transport: asyncio.Transport) -> bool:
+        """Revalidate and answer; False when the full path is to answer the
+        request (with `prefetched` if it went upstream)."""
+        flight = self.flight
+        try:
+            return await self._send(transport)
+        finally:
+            if flight is not None:
+                flight.resolve(Released(status=None))  # unless resolved already
+                await self.edge.flights.close(flight)
+
+    async def _send(self, transport: asyncio.Transport) -> bool:
+        edge, d, asked = self.edge, self.d, self.asked
+        snap, route, host, key = self.where
+        assert route.origin is not None
+        target = asked.head.target
+        edge.counters["revalidations"] += 1
+        fields = upstream_fields(
+            asked.headers,
+            (1, 1),
+            asked.client,
+            (snap, route, host),
+            asked.rid,
+            drop=CLIENT_CONDITIONALS,
+            add=d.conditional_headers,
+        )
+        trip = Trip()
+        request_time = edge.clock()
+        try:
+            upstream = await send_upstream(
+                edge, snap.config.origins[route.origin], ("GET", target, key), fields, None, trip
+            )
+        except EdgeError as e:
+            times = (request_time, edge.clock())
+            self._hand_over(Prefetched(("GET", target, fields), e, trip, times, asked.rid), e)
+            return False
+        response_time = edge.clock()
+        if upstream.status != 304 or not validates(d.entry, upstream.headers):
+            times = (request_time, response_time)
+            pre = Prefetched(("GET", target, fields), upstream, trip, times, asked.rid)
+            self._hand_over(pre, None, upstream.status)
+            return False
+        trip.release(upstream)
+        edge.counters["revalidated_304"] += 1
+        merged = merge_304(d.entry, upstream.headers, request_time, response_time)
+        storable_now = self._storable(merged)
+        kept = storable_now and await self._keep(merged, key)
+        if self.flight is not None:
+            self.flight.resolve(Refreshed(merged) if kept else Released(status=304))
+            edge.flights.land(self.flight)
+        try:
+            return self._answer(transport, merged, trip)
+        finally:
+            if not storable_now:
+                # Unstorable now (no-store, private...): it still answers
+                # this request (4.3.4), then the stored one goes.
+                await self._drop(merged, key)
+
+    def _hand_over(
+        self, pre: Prefetched, error: EdgeError | None, status: int | None = None
+    ) -> None:
+        """The full path answers: waiters are told first (as its own leader
+        tells them), so that it does not wait on this flight itself."""
+        self.prefetched = pre
+        if self.flight is not None:
+            self.flight.resolve(Released(error=error, status=status))
+            self.edge.flights.land(self.flight)
+
+    def _storable(self, merged: Entry) -> bool:
+        """As _Exchange._storable: a 304 may add no-store or private."""
+        asked = self.asked
+        return storable(
+            "GET",
+            asked.headers,
+            asked.req.cc,
+            merged.status,
+            merged.fields,
+            merged.cache_control,
+            self.where[1].policy,
+        ).ok
+
+    async def _keep(self, merged: Entry, key: str) -> bool:
+        """As _Exchange._keep_merged; True when it is stored."""
+        try:
+            return await self.edge.store.update(merged)
+        except StoreError as e:
+            log.log(store_log_level(e), "could not refresh %s after 304: %s", key, e)
+        return False
+
+    async def _drop(self, merged: Entry, key: str) -> None:
+        try:
+            await self.edge.store.delete_variant(merged)
+        except StoreError as e:
+            log.log(store_log_level(e), "could not drop %s after 304: %s", key, e)
+
+    def _answer(self, transport: asyncio.Transport, merged: Entry, trip: Trip) -> bool:
+        """Write the freshened response (or the client's 304), as
+        _Exchange._revalidate serves it, and account for it."""
+        edge, asked = self.edge, self.asked
+        snap, route, _, _ = self.where
+        store = edge.store
+        assert isinstance(store, TieredStore)
+        now = edge.clock()
+        fresh_for = ttl(merged, route.policy, now)
+        cs = CacheStatus(fwd=Fwd.STALE, fwd_status=304, ttl=fresh_for)
+        not_modified = (
+            evaluate("GET", asked.headers, merged.fields, merged.date) is Precondition.NOT_MODIFIED
+        )
+        status = 304 if not_modified else merged.status
+        wire = wire_head_after_304(store, (snap, route), (self.d.entry, self.head), merged, status)
+        if wire is None:
+            # Not writable here after all (the 304 changed a field): the full
+            # path answers; the entry is freshened, so it may well be a hit.
+            log.debug("%s: revalidated, but answered by the full path", self.where[3])
+            return False
+        cfg = snap.config
+        age = str(max(0, int(current_age(merged, now)))).encode()
+        rendered = cs.render(cfg.cache.status_name)
+        out = wire.render((age, rendered.encode(), asked.rid.encode()))
+        body = b"" if not_modified else self.body
+        if not transport.is_closing():
+            transport.write(out + body if body else out)
+        counters = edge.counters
+        store.hits += 1  # as TieredStore.lookup counts the full path's
+        counters["revalidated_hits"] += 1  # as Responder._count_hit
+        counters["wire_revalidations"] += 1  # of those, answered here (in /stats)
+        if not_modified:
+            counters["client_304"] += 1
+        cache = outcome(cs, status, True)
+        edge.outcomes[cache] += 1
+        edge.metrics.served(route.name, "GET", cache, _SOURCE, len(body))
+        if access_logged(snap):
+            self._log(status, cache, len(body), trip)
+        return True
+
+    def _log(self, status: int, cache: str, nbytes: int, trip: Trip) -> None:
+        asked = self.asked
+        route = self.where[1].name
+        fmt = self.where[0].config.log.access_format
+        if fmt == "json":
+            head = asked.head
+            parts = json_parts(head.method, head.target, status, nbytes, cache, route, 304, trip.ms)
+            duration = round((time.monotonic() - asked.started) * 1000, 3)
+            line = json_line(
+                asked.at, json_client(asked.client), parts[0], duration, parts[1], asked.rid
+            )
+            emit_line(line)
+            return
+        record = access_record(
+            (asked.at, asked.started),
+            (asked.client, asked.head.method, asked.head.target, "HTTP/1.1", asked.headers),
+            (asked.rid, route, status, cache, nbytes),
+            (trip.status, trip.ms),
+        )
+        emit(record, fmt)
