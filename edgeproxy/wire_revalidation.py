@@ -135,13 +135,13 @@ def revalidation(
         and not flights.passing(key, now)
     ):
         flight = flights.lead(key, cache.collapse_buffer, cache.directory, now)
-    return Revalidation(edge, where, asked, (d, head), hot.data, flight)
+    return Revalidation(edge, where, asked, (d, head), flight)
 
 
 class Revalidation:
     """One revalidation the protocol runs (server._AnyMethodProtocol._wire_task)."""
 
-    __slots__ = ("asked", "body", "d", "edge", "flight", "head", "prefetched", "where")
+    __slots__ = ("asked", "d", "edge", "flight", "head", "prefetched", "where")
 
     def __init__(
         self,
@@ -149,14 +149,12 @@ class Revalidation:
         where: tuple[Snapshot, Route, str, str],
         asked: Asked,
         decided: tuple[Revalidate, WireHead],
-        body: bytes,
         flight: Flight | None,
     ) -> None:
         self.edge = edge
         self.where = where
         self.asked = asked
         self.d, self.head = decided  # the decision, and its entry's head as it stands
-        self.body = body  # the stored body: a 304 leaves it as it is
         self.flight = flight
         # Set when it returns False: the origin's answer for the full path.
         self.prefetched: Prefetched | None = None
@@ -225,6 +223,7 @@ class Revalidation:
         """The full path answers: waiters are told first (as its own leader
         tells them), so that it does not wait on this flight itself."""
         self.prefetched = pre
+        self.edge.counters["revalidations"] -= 1  # counted by it as it takes the answer
         if self.flight is not None:
             self.flight.resolve(Released(error=error, status=status))
             self.edge.flights.land(self.flight)
@@ -270,6 +269,12 @@ class Revalidation:
             evaluate("GET", asked.headers, merged.fields, merged.date) is Precondition.NOT_MODIFIED
         )
         status = 304 if not_modified else merged.status
+        # The stored body (a 304 leaves it as it is), as the store holds it
+        # now: a purge while the request was upstream took it, and the full
+        # path then answers (a miss) rather than serve what was purged.
+        hot = store.hot_body(merged)
+        if hot is None or hot.data is None:
+            return False
         wire = wire_head_after_304(store, (snap, route), (self.d.entry, self.head), merged, status)
         if wire is None:
             # Not writable here after all (the 304 changed a field): the full
@@ -280,7 +285,7 @@ class Revalidation:
         age = str(max(0, int(current_age(merged, now)))).encode()
         rendered = cs.render(cfg.cache.status_name)
         out = wire.render((age, rendered.encode(), asked.rid.encode()))
-        body = b"" if not_modified else self.body
+        body = b"" if not_modified else hot.data
         if not transport.is_closing():
             transport.write(out + body if body else out)
         counters = edge.counters

@@ -21,11 +21,12 @@ import pytest
 from aiohttp import web
 from multidict import CIMultiDict
 
+from edgeproxy.purge import Purge, PurgeURL
 from edgeproxy.state import EDGE
 from edgeproxy.store.tiered import TieredStore
 from tests.conftest import FakeClock
 from tests.e2e.conftest import MakeProxy
-from tests.e2e.harness import Proxy, ScriptedOrigin, fetch
+from tests.e2e.harness import Proxy, ScriptedOrigin, fetch, until
 from tests.e2e.test_wire import Conn, get, origin_url
 
 BODY = b"0123456789" * 100
@@ -174,6 +175,7 @@ async def test_both_paths_revalidate_alike(
 ) -> None:
     start = clock.now
     runs = []
+    tallies = []
     for fast in (True, False):
         clock.now = start
         origin.received.clear()
@@ -184,7 +186,18 @@ async def test_both_paths_revalidate_alike(
         await warm(client, p)
         seen = await run_steps(client, p, obj, clock)
         runs.append((seen, upstream_view(origin), wire_revalidations(p)))
+        edge = p.app[EDGE]
+        # What /stats and the metrics' outcome counts say (the wire path's
+        # own counts aside): the same story on both paths.
+        tallies.append(
+            (
+                {k: v for k, v in edge.counters.items() if not k.startswith("wire_")},
+                dict(edge.outcomes),
+                edge.store.memory_stats()["memory_hits"],
+            )
+        )
     (wire_seen, wire_up, on_wire), (full_seen, full_up, off_wire) = runs
+    assert tallies[0] == tallies[1]
     for w, f in zip(wire_seen, full_seen, strict=True):
         assert w == f, w[0]
     assert wire_up == full_up
@@ -404,3 +417,31 @@ async def test_request_id_and_access_line(
     assert re.fullmatch(
         r"edgeproxy; fwd=stale; fwd-status=304; ttl=10", got.headers["Cache-Status"]
     )
+
+
+async def test_purged_while_upstream_is_not_served(
+    make_proxy: MakeProxy,
+    origin: ScriptedOrigin,
+    obj: Validating,
+    client: aiohttp.ClientSession,
+    clock: FakeClock,
+) -> None:
+    """A purge that lands while the conditional request is upstream: the
+    304 that follows freshens nothing, and the purged body is not what the
+    client gets: the object is fetched again, on either path."""
+    p = await make_proxy(origin_url(origin))
+    await warm(client, p)
+    clock.advance(20)
+    obj.hold = asyncio.Event()
+    before = len(origin.received)
+    pending = asyncio.ensure_future(fetch(client, "GET", p.url + "/obj"))
+    await until(lambda: len(origin.received) > before, "the conditional request upstream")
+    store = p.app[EDGE].store
+    (entry,) = await store.entries()
+    await store.purge(Purge(target=PurgeURL(entry.key)))
+    obj.body = b"after the purge"  # same tag: the held request still gets its 304
+    obj.hold.set()
+    got = await pending
+    assert got.status == 200 and got.body == b"after the purge"
+    assert [r.headers.get("If-None-Match") for r in origin.received[before:]] == [V1, None]
+    assert inflight(p) == 0
