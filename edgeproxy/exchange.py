@@ -23,6 +23,7 @@ from edgeproxy.pool import Pool
 from edgeproxy.state import EdgeState, Snapshot
 
 if TYPE_CHECKING:
+    from edgeproxy.collapse import Flight
     from edgeproxy.upstream import Prefetched
 
 
@@ -71,3 +72,4 @@ class ExchangeState:
         # went there first (upstream.Prefetched), and, once taken, its times.
         self.prefetched: Prefetched | None = None
         self.upstream_times: tuple[float, float] | None = None
+        self.handed_flight: Flight | None = None  # the flight that came with it

@@ -100,6 +100,9 @@ async def handle(request: web.Request) -> web.StreamResponse:
     at = edge.clock()
     pre = _prefetched(request)
     rid = pre.rid if pre is not None else request_id(request.headers.get(REQUEST_ID))
+    handed = None
+    if pre is not None:
+        handed, pre.flight = pre.flight, None  # ours now: led on, or closed below
     ctx: _Exchange | None = None
     route_name: str | None = None
     resp: web.StreamResponse | None = None
@@ -108,6 +111,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
         if isinstance(routed, _Exchange):
             ctx = routed
             ctx.prefetched, pre = pre, None
+            ctx.handed_flight = handed
             route_name = ctx.route.name
             try:
                 resp = await ctx.run()
@@ -124,6 +128,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
             pre, ctx.prefetched = ctx.prefetched, None
         if pre is not None:
             pre.discard()  # not taken: its request was not the one this exchange sent
+        if handed is not None and not handed.landed:
+            await edge.flights.close(handed)  # not led on: its waiters go their own way
         # Metrics on every request; what the client got, as the access log says.
         sent = resp if resp is not None or ctx is None else ctx.sent
         from_store = ctx is not None and ctx.from_store
@@ -447,6 +453,13 @@ class _Exchange(Relay):
         flights = self.edge.flights
         cache = self.cfg.cache
         flight = flights.get(self.key)
+        if flight is not None and flight is self.handed_flight:
+            # The wire path led it and left the answer to us: we lead it on.
+            self.handed_flight = None
+            try:
+                return await go(flight)
+            finally:
+                await flights.close(flight)
         if flight is None:
             if flights.passing(self.key, self.edge.clock()):
                 return await go(None)
@@ -532,7 +545,7 @@ class _Exchange(Relay):
         flight = flights.lead(self.key, cache.collapse_buffer, cache.directory)
         bg = copy.copy(self)
         bg.client = False
-        bg.prefetched = None  # the client's own request's, if any
+        bg.prefetched = bg.handed_flight = None  # the client's own request's, if any
         bg.req = Request("GET", self.req.headers, self.req.cc)
         bg.decision = d
         self.edge.counters["background_revalidations"] += 1

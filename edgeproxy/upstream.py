@@ -18,6 +18,7 @@ from multidict import CIMultiDict
 from edgeproxy import origin
 from edgeproxy.accesslog import REQUEST_ID
 from edgeproxy.bodies import CHUNK
+from edgeproxy.collapse import Flight, Flights
 from edgeproxy.config import OriginConfig, Route
 from edgeproxy.errors import EdgeError
 from edgeproxy.exchange import ExchangeState
@@ -183,7 +184,18 @@ class Prefetched:
     section 4.2.3) it was sent and answered at; `rid`: the request id it
     carried, which the exchange then keeps."""
 
-    __slots__ = ("error", "fields", "method", "rid", "target", "times", "trip", "upstream")
+    __slots__ = (
+        "_flights",
+        "error",
+        "fields",
+        "flight",
+        "method",
+        "rid",
+        "target",
+        "times",
+        "trip",
+        "upstream",
+    )
 
     def __init__(
         self,
@@ -199,15 +211,28 @@ class Prefetched:
         self.trip = trip
         self.times = times
         self.rid = rid
+        # The key's flight the wire path led for it, which the exchange then
+        # leads on (proxy._Exchange._collapse): waiters stay with the answer.
+        self.flight: Flight | None = None
+        self._flights: Flights | None = None
 
     def matches(self, method: str, target: str, headers: CIMultiDict[str]) -> bool:
         return method == self.method and target == self.target and headers == self.fields
 
+    def lead(self, flight: tuple[Flights, Flight]) -> None:
+        """Hand on the key's flight with the answer."""
+        self._flights, self.flight = flight
+
     def discard(self) -> None:
-        """Not taken: the response (and its pool server) goes back."""
+        """Not taken: the response (and its pool server) goes back, and a
+        flight nobody took over lets its waiters go their own way."""
         if self.upstream is not None:
             self.trip.release(self.upstream)
             self.upstream = None
+        if self.flight is not None and self._flights is not None:
+            self._flights.land(self.flight)
+            self.flight.abandon()  # Released(): it never streamed, so no file
+            self.flight = None
 
 
 class UpstreamClient(ExchangeState):

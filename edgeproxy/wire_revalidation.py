@@ -162,10 +162,10 @@ class Revalidation:
     async def send(self, transport: asyncio.Transport) -> bool:
         """Revalidate and answer; False when the full path is to answer the
         request (with `prefetched` if it went upstream)."""
-        flight = self.flight
         try:
             return await self._send(transport)
         finally:
+            flight = self.flight  # None once handed over with the answer
             if flight is not None:
                 flight.resolve(Released(status=None))  # unless resolved already
                 await self.edge.flights.close(flight)
@@ -193,13 +193,13 @@ class Revalidation:
             )
         except EdgeError as e:
             times = (request_time, edge.clock())
-            self._hand_over(Prefetched(("GET", target, fields), e, trip, times, asked.rid), e)
+            self._hand_over(Prefetched(("GET", target, fields), e, trip, times, asked.rid))
             return False
         response_time = edge.clock()
         if upstream.status != 304 or not validates(d.entry, upstream.headers):
             times = (request_time, response_time)
             pre = Prefetched(("GET", target, fields), upstream, trip, times, asked.rid)
-            self._hand_over(pre, None, upstream.status)
+            self._hand_over(pre)
             return False
         trip.release(upstream)
         edge.counters["revalidated_304"] += 1
@@ -217,16 +217,14 @@ class Revalidation:
                 # this request (4.3.4), then the stored one goes.
                 await self._drop(merged, key)
 
-    def _hand_over(
-        self, pre: Prefetched, error: EdgeError | None, status: int | None = None
-    ) -> None:
-        """The full path answers: waiters are told first (as its own leader
-        tells them), so that it does not wait on this flight itself."""
+    def _hand_over(self, pre: Prefetched) -> None:
+        """The full path answers, and leads the key's flight on: the waiters
+        get what it makes of the answer (a changed object streams to them)."""
+        if self.flight is not None:
+            pre.lead((self.edge.flights, self.flight))
+            self.flight = None
         self.prefetched = pre
         self.edge.counters["revalidations"] -= 1  # counted by it as it takes the answer
-        if self.flight is not None:
-            self.flight.resolve(Released(error=error, status=status))
-            self.edge.flights.land(self.flight)
 
     def _storable(self, merged: Entry) -> bool:
         """As _Exchange._storable: a 304 may add no-store or private."""

@@ -445,3 +445,69 @@ async def test_purged_while_upstream_is_not_served(
     assert got.status == 200 and got.body == b"after the purge"
     assert [r.headers.get("If-None-Match") for r in origin.received[before:]] == [V1, None]
     assert inflight(p) == 0
+
+
+async def test_waiters_share_a_changed_object(
+    make_proxy: MakeProxy,
+    origin: ScriptedOrigin,
+    obj: Validating,
+    client: aiohttp.ClientSession,
+    clock: FakeClock,
+) -> None:
+    """Requests collapsed on a revalidation whose answer is a new object get
+    it from that one response (the full path leads the flight on from the
+    wire path), not one origin request each."""
+    p = await make_proxy(origin_url(origin))
+    await warm(client, p)
+    clock.advance(20)
+    obj.etag, obj.body = V2, b"changed" * 100
+    obj.hold = asyncio.Event()
+    before = len(origin.received)
+    first = asyncio.ensure_future(fetch(client, "GET", p.url + "/obj"))
+    flights = p.app[EDGE].flights
+    await until(lambda: bool(flights.waiting()), "the first request's flight")
+    rest = [asyncio.ensure_future(fetch(client, "GET", p.url + "/obj")) for _ in range(4)]
+    await until(lambda: sum(flights.waiting().values()) >= 4, "four waiters")
+    obj.hold.set()
+    answers = await asyncio.gather(first, *rest)
+    assert [a.body for a in answers] == [b"changed" * 100] * 5
+    assert len(origin.received) == before + 1
+    assert "fwd-status=200; stored" in answers[0].headers["Cache-Status"]
+    assert all("collapsed" in a.headers["Cache-Status"] for a in answers[1:])
+    assert not flights.waiting()
+    assert inflight(p) == 0
+
+
+async def test_waiters_served_when_the_leader_left(
+    make_proxy: MakeProxy,
+    origin: ScriptedOrigin,
+    obj: Validating,
+    clock: FakeClock,
+) -> None:
+    """The leading client leaves before a changed object comes back: the
+    waiters still get it, promptly (well within `collapse_wait`, 30 s here),
+    and nothing is left in flight or holding a pool server."""
+    p = await make_proxy(origin_url(origin), collapse_wait=30.0)
+    await warm_raw(p, "/obj")
+    clock.advance(20)
+    obj.etag, obj.body = V2, b"changed"
+    obj.hold = asyncio.Event()
+    leader = await Conn.open(p)
+    await leader.send(get("/obj"))
+    flights = p.app[EDGE].flights
+    await until(lambda: bool(flights.waiting()), "the leader's flight")
+    waiters = []
+    for _ in range(3):
+        conn = await Conn.open(p)
+        await conn.send(get("/obj"))
+        waiters.append(conn)
+    await until(lambda: sum(flights.waiting().values()) >= 3, "three waiters")
+    leader.close()
+    await asyncio.sleep(0.05)
+    obj.hold.set()
+    for conn in waiters:
+        _, fields, body = await asyncio.wait_for(conn.response(), 5)
+        assert body == b"changed", fields
+        conn.close()
+    await until(lambda: not flights.waiting(), "no flight left")
+    await until(lambda: inflight(p) == 0, "every pool server given back")
