@@ -142,8 +142,12 @@ async def send_upstream(
             _record(edge, to, pool, server, None)
             edge.metrics.origin_response(to.name, None, time.monotonic() - attempt)
             trip.ms = round((time.monotonic() - started) * 1000, 3)
-            retry = body is None and should_retry(
-                method, connected=origin.connected(e), attempts=len(tried)
+            # Only where there is another server to try (a lone one would
+            # only log a retry that never happens).
+            retry = (
+                body is None
+                and len(pool.servers) > len(tried)
+                and should_retry(method, connected=origin.connected(e), attempts=len(tried))
             )
             if not retry:
                 raise

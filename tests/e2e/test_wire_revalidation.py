@@ -274,6 +274,7 @@ async def test_origin_down_stale_if_error_tried_once(
     obj: Validating,
     client: aiohttp.ClientSession,
     clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """No origin at all: the failure the wire path met is the full path's to
     answer (stale-if-error, RFC 5861 section 4), without a second attempt."""
@@ -289,6 +290,8 @@ async def test_origin_down_stale_if_error_tried_once(
     assert "fwd=stale" in got.headers["Cache-Status"]
     assert edge.counters["origin_requests"] == attempts + 1
     assert edge.counters["stale_if_error"] == 1
+    # One server: no retry, and no log line announcing one.
+    assert not [r for r in caplog.records if "retrying" in r.getMessage()]
 
 
 async def test_concurrent_requests_share_one_revalidation(
