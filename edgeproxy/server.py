@@ -440,8 +440,8 @@ class _AnyMethodProtocol(web_protocol.RequestHandler):
         super()._process_keepalive()
 
     async def shutdown(self, timeout: float | None = 15.0) -> None:  # noqa: ASYNC109 - aiohttp's signature
-        """aiohttp's drain, after a file hit being sent here (it knows only
-        its own handlers)."""
+        """aiohttp's drain, after a file hit or revalidation under way here
+        (it knows only its own handlers)."""
         task = self._wire_task
         if task is not None:
             try:

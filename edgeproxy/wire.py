@@ -168,8 +168,8 @@ class FileHit:
 def answer(
     edge: EdgeState, head: RequestHead, client: str | None
 ) -> bytes | FileHit | Revalidation | None:
-    """The whole response to `head` (head and body), a FileHit to send, or
-    None: the full path's."""
+    """The whole response to `head` (head and body), a FileHit to send, a
+    Revalidation to run (wire_revalidation.py), or None: the full path's."""
     started = time.monotonic()
     store = edge.store
     if not isinstance(store, TieredStore):

@@ -514,3 +514,29 @@ async def test_waiters_served_when_the_leader_left(
         conn.close()
     await until(lambda: not flights.waiting(), "no flight left")
     await until(lambda: inflight(p) == 0, "every pool server given back")
+
+
+async def test_shutdown_waits_for_a_revalidation_in_flight(
+    make_proxy: MakeProxy,
+    origin: ScriptedOrigin,
+    obj: Validating,
+    clock: FakeClock,
+) -> None:
+    """The drain waits for a revalidation under way, as for aiohttp's own
+    handlers: its client gets the whole answer."""
+    p = await make_proxy(origin_url(origin))
+    await warm_raw(p, "/obj")
+    clock.advance(20)
+    obj.hold = asyncio.Event()
+    before = len(origin.received)
+    conn = await Conn.open(p)
+    await conn.send(get("/obj"))
+    await until(lambda: len(origin.received) > before, "the conditional request upstream")
+    closing = asyncio.create_task(p.close())
+    await asyncio.sleep(0.1)
+    assert not closing.done()  # waiting for the revalidation
+    obj.hold.set()
+    _, fields, body = await asyncio.wait_for(conn.response(), 5)
+    assert body == BODY and "fwd-status=304" in fields["cache-status"]
+    conn.close()
+    await asyncio.wait_for(closing, 10)
