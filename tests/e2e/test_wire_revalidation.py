@@ -20,6 +20,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from multidict import CIMultiDict
+from prometheus_client import CollectorRegistry, generate_latest
 
 from edgeproxy.purge import Purge, PurgeURL
 from edgeproxy.state import EDGE
@@ -76,6 +77,17 @@ def obj(origin: ScriptedOrigin) -> Validating:
     v = Validating(origin)
     origin.script("/obj", v)
     return v
+
+
+def metric_lines(registry: CollectorRegistry) -> list[str]:
+    """The counters that tell what was answered how (no timings)."""
+    names = (
+        "edgeproxy_requests_total",
+        "edgeproxy_origin_requests_total",
+        "edgeproxy_response_bytes_total",
+    )
+    text = generate_latest(registry).decode()
+    return [line for line in text.splitlines() if line.startswith(names)]
 
 
 def inflight(proxy: Proxy) -> int:
@@ -187,17 +199,20 @@ async def test_both_paths_revalidate_alike(
         seen = await run_steps(client, p, obj, clock)
         runs.append((seen, upstream_view(origin), wire_revalidations(p)))
         edge = p.app[EDGE]
-        # What /stats and the metrics' outcome counts say (the wire path's
-        # own counts aside): the same story on both paths.
+        await asyncio.sleep(0.01)  # the metrics flush once per loop turn
+        # What /stats and the metrics say (the wire path's own counts
+        # aside): the same story on both paths.
         tallies.append(
             (
                 {k: v for k, v in edge.counters.items() if not k.startswith("wire_")},
                 dict(edge.outcomes),
                 edge.store.memory_stats()["memory_hits"],
+                metric_lines(edge.metrics.registry),
             )
         )
     (wire_seen, wire_up, on_wire), (full_seen, full_up, off_wire) = runs
     assert tallies[0] == tallies[1]
+    assert any('cache="revalidated"' in line for line in tallies[0][3]), tallies[0][3]
     for w, f in zip(wire_seen, full_seen, strict=True):
         assert w == f, w[0]
     assert wire_up == full_up
