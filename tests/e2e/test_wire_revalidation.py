@@ -13,7 +13,9 @@ be the same.
 from __future__ import annotations
 
 import asyncio
-import re
+import dataclasses
+import json
+import logging
 from typing import Any
 
 import aiohttp
@@ -79,6 +81,21 @@ def obj(origin: ScriptedOrigin) -> Validating:
     return v
 
 
+@pytest.fixture
+async def stale(
+    make_proxy: MakeProxy,
+    origin: ScriptedOrigin,
+    obj: Validating,
+    client: aiohttp.ClientSession,
+    clock: FakeClock,
+) -> Proxy:
+    """A proxy holding /obj hot (a miss, then a hit), now 10 s stale."""
+    p = await make_proxy(origin_url(origin))
+    await warm(client, p)
+    clock.advance(20)
+    return p
+
+
 def metric_lines(registry: CollectorRegistry) -> list[str]:
     """The counters that tell what was answered how (no timings)."""
     names = (
@@ -88,6 +105,10 @@ def metric_lines(registry: CollectorRegistry) -> list[str]:
     )
     text = generate_latest(registry).decode()
     return [line for line in text.splitlines() if line.startswith(names)]
+
+
+def access_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "edgeproxy.access"]
 
 
 def inflight(proxy: Proxy) -> int:
@@ -257,18 +278,15 @@ async def test_both_paths_revalidate_alike(
 
 
 async def test_a_changed_object_goes_upstream_once(
-    make_proxy: MakeProxy,
+    stale: Proxy,
     origin: ScriptedOrigin,
     obj: Validating,
     client: aiohttp.ClientSession,
-    clock: FakeClock,
 ) -> None:
     """A new object instead of a 304: the full path relays and stores the
     answer the wire path got (upstream.Prefetched); the origin sees one request."""
-    p = await make_proxy(origin_url(origin))
-    await warm(client, p)
+    p = stale
     obj.etag, obj.body = V2, b"new" * 10
-    clock.advance(20)
     before = len(origin.received)
     got = await fetch(client, "GET", p.url + "/obj")
     assert len(origin.received) == before + 1
@@ -310,18 +328,15 @@ async def test_origin_down_stale_if_error_tried_once(
 
 
 async def test_concurrent_requests_share_one_revalidation(
-    make_proxy: MakeProxy,
+    stale: Proxy,
     origin: ScriptedOrigin,
     obj: Validating,
     client: aiohttp.ClientSession,
-    clock: FakeClock,
     hit_path: str,
 ) -> None:
     """Requests for a key being revalidated wait for it (collapse.py) and are
     answered from the freshened entry: one conditional request upstream."""
-    p = await make_proxy(origin_url(origin))
-    await warm(client, p)
-    clock.advance(20)
+    p = stale
     obj.hold = asyncio.Event()
     before = len(origin.received)
     first = asyncio.ensure_future(fetch(client, "GET", p.url + "/obj"))
@@ -421,35 +436,54 @@ async def test_request_id_and_access_line(
     clock: FakeClock,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """The client's request id goes upstream and comes back; the origin's
-    status and time are in the metrics' outcome counts."""
+    """The client's request id goes upstream and comes back, and the access
+    line (JSON, then combined) tells a revalidation: outcome, the origin's
+    304 and its time, the body bytes, that id."""
     p = await make_proxy(origin_url(origin))
     await warm(client, p)
-    clock.advance(20)
-    got = await fetch(client, "GET", p.url + "/obj", headers={"X-Request-Id": "abc-123"})
-    assert got.headers["X-Request-Id"] == "abc-123"
-    assert origin.received[-1].headers["X-Request-Id"] == "abc-123"
     edge = p.app[EDGE]
-    assert edge.outcomes["revalidated"] == 1
-    assert edge.counters["revalidated_304"] == 1
-    assert re.fullmatch(
-        r"edgeproxy; fwd=stale; fwd-status=304; ttl=10", got.headers["Cache-Status"]
-    )
+    caplog.set_level(logging.INFO, logger="edgeproxy.access")
+    lines: list[str] = []
+    for fmt, rid in (("json", "abc-123"), ("combined", "def-456")):
+        cfg = edge.snapshot.config
+        log_cfg = dataclasses.replace(cfg.log, access_log=True, access_format=fmt)
+        cfg = dataclasses.replace(cfg, log=log_cfg)
+        edge.snapshot = dataclasses.replace(edge.snapshot, config=cfg)
+        clock.advance(20)
+        got = await fetch(client, "GET", p.url + "/obj", headers={"X-Request-Id": rid})
+        assert got.headers["X-Request-Id"] == rid
+        assert origin.received[-1].headers["X-Request-Id"] == rid
+        assert "fwd-status=304" in got.headers["Cache-Status"]
+        seen = len(lines)
+        await until(lambda n=seen: len(access_lines(caplog)) > n, f"the {fmt} access line")
+        lines = access_lines(caplog)
+    record = json.loads(lines[0])
+    asked = ("method", "url", "status", "bytes", "cache", "origin_status")
+    assert {k: record[k] for k in asked} == {
+        "method": "GET",
+        "url": "/obj",
+        "status": 200,
+        "bytes": len(BODY),
+        "cache": "revalidated",
+        "origin_status": 304,
+    }
+    assert isinstance(record["origin_ms"], float) and record["request_id"] == "abc-123"
+    assert '"GET /obj HTTP/1.1" 200 1000' in lines[1]
+    assert "cache=revalidated" in lines[1] and "origin_status=304" in lines[1]
+    assert "request_id=def-456" in lines[1]
+    assert edge.outcomes["revalidated"] == 2
 
 
 async def test_purged_while_upstream_is_not_served(
-    make_proxy: MakeProxy,
+    stale: Proxy,
     origin: ScriptedOrigin,
     obj: Validating,
     client: aiohttp.ClientSession,
-    clock: FakeClock,
 ) -> None:
     """A purge that lands while the conditional request is upstream: the
     304 that follows freshens nothing, and the purged body is not what the
     client gets: the object is fetched again, on either path."""
-    p = await make_proxy(origin_url(origin))
-    await warm(client, p)
-    clock.advance(20)
+    p = stale
     obj.hold = asyncio.Event()
     before = len(origin.received)
     pending = asyncio.ensure_future(fetch(client, "GET", p.url + "/obj"))
@@ -466,18 +500,15 @@ async def test_purged_while_upstream_is_not_served(
 
 
 async def test_waiters_share_a_changed_object(
-    make_proxy: MakeProxy,
+    stale: Proxy,
     origin: ScriptedOrigin,
     obj: Validating,
     client: aiohttp.ClientSession,
-    clock: FakeClock,
 ) -> None:
     """Requests collapsed on a revalidation whose answer is a new object get
     it from that one response (the full path leads the flight on from the
     wire path), not one origin request each."""
-    p = await make_proxy(origin_url(origin))
-    await warm(client, p)
-    clock.advance(20)
+    p = stale
     obj.etag, obj.body = V2, b"changed" * 100
     obj.hold = asyncio.Event()
     before = len(origin.received)
