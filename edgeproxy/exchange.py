@@ -73,3 +73,5 @@ class ExchangeState:
         self.prefetched: Prefetched | None = None
         self.upstream_times: tuple[float, float] | None = None
         self.handed_flight: Flight | None = None  # the flight that came with it
+        # The wire path's lookup of this request's key: (key, entries).
+        self.looked_up: tuple[str, list[Entry]] | None = None

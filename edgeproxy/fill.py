@@ -16,6 +16,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from edgeproxy import compress
 from edgeproxy.bodies import CHUNK
 from edgeproxy.collapse import Flight, Released, Streaming
+from edgeproxy.config import Config, Route
 from edgeproxy.forwarding import response_headers, storable_fields, via_value
 from edgeproxy.h1client import UpstreamResponse
 from edgeproxy.http.accept_encoding import request_coding
@@ -305,22 +306,12 @@ class Relay(Responder, UpstreamClient):
         length = upstream.content_length
         if length is not None and length > policy.max_object_size:
             return None, None, "too-big"
-        fields = storable_fields(fields_in)
-        if "date" not in fields:
-            fields["Date"] = format_http_date(response_time)  # RFC 9110 section 6.6.1
-        names = vary_names(fields_in)
-        entry = Entry(
-            key=self.key,
-            status=upstream.status,
-            fields=CIMultiDictProxy(fields),
-            request_time=request_time,
-            response_time=response_time,
-            vary=names,
-            secondary=secondary_key(self.request.headers, names) or (),
-            tags=surrogate_keys(upstream.headers, self.cfg.cache.tag_headers),
-            route=self.route.name,
-            targeted=policy.targeted,
-            coding=plan.marker,
+        entry = stored_entry(
+            (self.key, self.route, self.cfg),
+            (upstream.status, fields_in, upstream.headers),
+            self.request.headers,
+            (request_time, response_time),
+            plan,
         )
         if not health_of(self.edge.store).writable:
             return None, None, "store-degraded"  # pass through; the store retries later
@@ -400,6 +391,40 @@ class Relay(Responder, UpstreamClient):
         ):
             with contextlib.suppress(StoreError):
                 await self.edge.store.delete(target)
+
+
+def stored_entry(
+    where: tuple[str, Route, Config],
+    response: tuple[int, Headers, Headers],
+    request: Headers,
+    times: tuple[float, float],
+    plan: TransformPlan,
+) -> Entry:
+    """The entry a relayed response is stored as (its body size comes at the
+    commit): `where` the key, route and config; `response` its status, its
+    fields as relayed (`_relayed_fields`) and as the origin sent them (for
+    the surrogate keys); `request` the client's fields (Vary's secondary
+    key, RFC 9111 section 4.1); `times` request and response time (4.2.3)."""
+    key, route, cfg = where
+    status, fields_in, origin_fields = response
+    request_time, response_time = times
+    fields = storable_fields(fields_in)
+    if "date" not in fields:
+        fields["Date"] = format_http_date(response_time)  # RFC 9110 section 6.6.1
+    names = vary_names(fields_in)
+    return Entry(
+        key=key,
+        status=status,
+        fields=CIMultiDictProxy(fields),
+        request_time=request_time,
+        response_time=response_time,
+        vary=names,
+        secondary=secondary_key(request, names) or (),
+        tags=surrogate_keys(origin_fields, cfg.cache.tag_headers),
+        route=route.name,
+        targeted=route.policy.targeted,
+        coding=plan.marker,
+    )
 
 
 def _sender(

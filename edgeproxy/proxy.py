@@ -112,6 +112,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
             ctx = routed
             ctx.prefetched, pre = pre, None
             ctx.handed_flight = handed
+            ctx.looked_up = _looked_up(request)
             route_name = ctx.route.name
             try:
                 resp = await ctx.run()
@@ -150,6 +151,12 @@ async def handle(request: web.Request) -> web.StreamResponse:
             nbytes,
             lambda: _access_record(request, at, started, rid, route_name, ctx, sent, cache, nbytes),
         )
+
+
+def _looked_up(request: web.Request) -> tuple[str, list[Entry]] | None:
+    """The store's answer to the wire path's lookup for this request (wire_miss.py)."""
+    take = getattr(request.protocol, "take_looked_up", None)
+    return None if take is None else cast("tuple[str, list[Entry]] | None", take())
 
 
 def _prefetched(request: web.Request) -> Prefetched | None:
@@ -351,7 +358,13 @@ class _Exchange(Relay):
         method = self.request.method
         if not self.route.cache:
             return await self.forward(Fwd.BYPASS, cacheable=False)
-        candidates = await self.edge.store.lookup(self.key) if method in ("GET", "HEAD") else []
+        looked, self.looked_up = self.looked_up, None
+        if looked is not None and looked[0] == self.key:
+            candidates = looked[1]  # the wire path looked it up (wire_miss.py)
+        elif method in ("GET", "HEAD"):
+            candidates = await self.edge.store.lookup(self.key)
+        else:
+            candidates = []
         now = self.edge.clock()
         first = decide(self.req, candidates, self.policy, now)
         decision: Decision | ServeWhileRevalidating = first

@@ -25,12 +25,14 @@ from edgeproxy.config import Config, Limits
 from edgeproxy.h1client import OriginConnections
 from edgeproxy.http.request_head import parse_request_head
 from edgeproxy.metrics import Metrics
+from edgeproxy.policy.entry import Entry
 from edgeproxy.reload import Loader, Reloader
 from edgeproxy.state import EDGE, EdgeState, Snapshot
 from edgeproxy.store.base import Store, StoreError
 from edgeproxy.store.disk import DiskStore
 from edgeproxy.store.tiered import TieredStore
 from edgeproxy.upstream import Prefetched
+from edgeproxy.wire_miss import Miss
 from edgeproxy.wire_revalidation import Revalidation
 from edgeproxy.workers import EXIT_SETUP, RELOAD_OTHERS, SetupError, Supervisor
 
@@ -228,11 +230,12 @@ class _AnyMethodProtocol(web_protocol.RequestHandler):
         self._parser = self._strict
         self._refused: asyncio.TimerHandle | None = None  # set: over the connection cap
         self._edge: EdgeState | None = None  # set: the wire fast path may answer (wire.py)
-        # A wire.FileHit being sent or a wire_revalidation.Revalidation under
+        # A wire.FileHit being sent, or a Revalidation or Miss (wire_*.py) under
         # way (`_wire_job`: which), in `_wire_task`.
         self._wire_task: asyncio.Task[None] | None = None
-        self._wire_job: wire.FileHit | Revalidation | None = None
+        self._wire_job: wire.FileHit | Revalidation | Miss | None = None
         self._prefetched: Prefetched | None = None  # for the full path: take_prefetched
+        self._looked_up: tuple[str, list[Entry]] | None = None  # and take_looked_up
         self._held = b""  # what the client sent after it
         self._client: str | None = None  # the peer's address, for the access log
 
@@ -385,7 +388,7 @@ class _AnyMethodProtocol(web_protocol.RequestHandler):
         if manager is not None:
             manager.requests_count += 1
 
-    async def _run_wire_job(self, job: wire.FileHit | Revalidation, raw: bytes) -> None:
+    async def _run_wire_job(self, job: wire.FileHit | Revalidation | Miss, raw: bytes) -> None:
         """Send a file-backed hit or run a revalidation, then go on with what
         the client sent after it. When it did not answer (a file body gone
         before anything was written, an origin answer other than a 304),
@@ -411,7 +414,8 @@ class _AnyMethodProtocol(web_protocol.RequestHandler):
         finally:
             self._wire_task = self._wire_job = None
             held, self._held = self._held, b""
-        pre = None if answered or not isinstance(job, Revalidation) else job.prefetched
+        pre = None if answered or isinstance(job, wire.FileHit) else job.prefetched
+        looked = job.looked_up if not answered and isinstance(job, Miss) else None
         if self.transport is None or self.transport.is_closing():
             if pre is not None:
                 pre.discard()  # the client left: nobody to relay it to
@@ -420,7 +424,7 @@ class _AnyMethodProtocol(web_protocol.RequestHandler):
         if not self._reading_paused and not self._buffer_paused:
             self._resume_transport_reading()
         if not answered:  # the full path answers it (and what came after)
-            self._prefetched = pre
+            self._prefetched, self._looked_up = pre, looked
             self._to_aiohttp(raw + held)
         elif held:
             self.data_received(held)
@@ -430,6 +434,12 @@ class _AnyMethodProtocol(web_protocol.RequestHandler):
         its handler (proxy.handle): once."""
         pre, self._prefetched = self._prefetched, None
         return pre
+
+    def take_looked_up(self) -> tuple[str, list[Entry]] | None:
+        """The store's answer to the lookup a wire Miss made for that
+        request (its key and entries), for the handler: once."""
+        looked, self._looked_up = self._looked_up, None
+        return looked
 
     def _process_keepalive(self) -> None:
         if self._wire_task is not None:  # answering: not idle

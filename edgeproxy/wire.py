@@ -25,9 +25,10 @@ accesslog.json_parts). What it takes:
   hot tier's max object): then a `FileHit`, which the protocol sends in a
   task (head, then sendfile) while it holds what the client sent after it;
 - a fresh `Serve` decision whose outcome is the stored response or a 304
-  (a 412, a miss or a Range: the full path); a `Revalidate` one may be
-  taken by wire_revalidation.py (a `Revalidation`, run in a task like a
-  FileHit).
+  (a 412, a Range: the full path); a `Revalidate` one may be taken by
+  wire_revalidation.py (a `Revalidation`, run in a task like a FileHit),
+  and a key the hot tier doesn't hold by wire_miss.py (a `Miss`: the
+  store's lookup first, in the task).
 
 The head it writes is the template aiohttp would be given, serialised as
 aiohttp serialises it (tests/e2e/test_fast_path.py compares the two paths
@@ -67,6 +68,7 @@ from edgeproxy.proxy import Located, access_logged, access_record, locate, selec
 from edgeproxy.state import EdgeState, Snapshot
 from edgeproxy.store.tiered import TieredStore
 from edgeproxy.wire_head import WireHead, wire_head_for
+from edgeproxy.wire_miss import Miss, miss
 from edgeproxy.wire_revalidation import Asked, Revalidation, revalidation
 
 _VERSION = (1, 1)
@@ -167,9 +169,10 @@ class FileHit:
 
 def answer(
     edge: EdgeState, head: RequestHead, client: str | None
-) -> bytes | FileHit | Revalidation | None:
+) -> bytes | FileHit | Revalidation | Miss | None:
     """The whole response to `head` (head and body), a FileHit to send, a
-    Revalidation to run (wire_revalidation.py), or None: the full path's."""
+    Revalidation or Miss to run (wire_revalidation.py, wire_miss.py), or
+    None: the full path's."""
     started = time.monotonic()
     store = edge.store
     if not isinstance(store, TieredStore):
@@ -188,9 +191,12 @@ def answer(
     if key is None:  # the route keys on request fields: this request's
         key = route_key(route.key, host, head.target, headers)
     candidates = store.hot_entries(key)
-    if not candidates:
-        return None
     req = Request(method, headers, request_cache_control(headers))
+    if not candidates:  # not hot: the store's lookup, then maybe a miss (wire_miss.py)
+        asked = Asked(
+            head, headers, req, client, request_id(headers.get(REQUEST_ID)), (at, started)
+        )
+        return miss(edge, (snap, route, host, key), asked)
     d = decide(req, candidates, route.policy, edge.clock())
     if isinstance(d, Revalidate):
         asked = Asked(

@@ -107,12 +107,14 @@ class WireHead:
         return b"".join(out)
 
 
-def wire_head(template: CIMultiDict[str], status: int, length: int | None) -> WireHead | None:
-    """`template` as aiohttp would send it for `status` (`length`: the body's
-    Content-Length, None for a 304), or None if it would not send it as is:
-    aiohttp adds Date when there is none (and with its own clock), and
-    refuses CR or LF in a field."""
-    headers = CIMultiDict(template)
+def _as_sent(
+    fields: CIMultiDict[str], status: int, length: int | None
+) -> tuple[str, CIMultiDict[str]] | None:
+    """The status line and fields aiohttp would send for `status` (`length`:
+    the body's Content-Length, None for a 304), or None if it would not send
+    them as they are: aiohttp adds Date when there is none (and with its own
+    clock), and refuses CR or LF in a field."""
+    headers = CIMultiDict(fields)
     if length is not None:
         headers["Content-Length"] = str(length)  # StreamResponse.content_length does this
     if "Date" not in headers:
@@ -121,13 +123,38 @@ def wire_head(template: CIMultiDict[str], status: int, length: int | None) -> Wi
         phrase = HTTPStatus(status).phrase
     except ValueError:
         return None
-    parts: list[bytes] = []
-    order: list[int] = []
-    text = f"HTTP/1.1 {status} {phrase}\r\n"
-    gaps = {_AGE: 0, _STATUS: 1, _ID: 2}
     for name, value in headers.items():
         if "\r" in name or "\n" in name or "\r" in value or "\n" in value:
             return None
+    return f"HTTP/1.1 {status} {phrase}\r\n", headers
+
+
+def response_head(fields: CIMultiDict[str], status: int, length: int | None) -> bytes | None:
+    """A whole response head (a relayed one: no per-request gaps), as
+    aiohttp would send it, or None where it would not (`_as_sent`)."""
+    sent = _as_sent(fields, status, length)
+    if sent is None:
+        return None
+    line, headers = sent
+    try:
+        return (
+            line + "".join(f"{name}: {value}\r\n" for name, value in headers.items()) + "\r\n"
+        ).encode("utf-8")
+    except UnicodeEncodeError:  # aiohttp would fail on it too: the full path's
+        return None
+
+
+def wire_head(template: CIMultiDict[str], status: int, length: int | None) -> WireHead | None:
+    """`template` as aiohttp would send it (`_as_sent`), with gaps for Age,
+    Cache-Status and the request id."""
+    sent = _as_sent(template, status, length)
+    if sent is None:
+        return None
+    text, headers = sent
+    parts: list[bytes] = []
+    order: list[int] = []
+    gaps = {_AGE: 0, _STATUS: 1, _ID: 2}
+    for name, value in headers.items():
         gap = gaps.get(name.lower())
         if gap is None:
             text += f"{name}: {value}\r\n"

@@ -35,6 +35,7 @@ BOTH_HIT_PATHS = frozenset(
         "test_storing",
         "test_validation",
         "test_wire",
+        "test_wire_miss",
         "test_wire_revalidation",
     }
 )
