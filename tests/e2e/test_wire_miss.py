@@ -21,7 +21,6 @@ from typing import Any
 
 import aiohttp
 from multidict import CIMultiDict
-from prometheus_client import CollectorRegistry, generate_latest
 
 from edgeproxy.policy.transform import Compression
 from edgeproxy.state import EDGE
@@ -30,6 +29,7 @@ from tests.conftest import FakeClock
 from tests.e2e.conftest import MakeProxy
 from tests.e2e.harness import Proxy, Reply, ScriptedOrigin, fetch, until
 from tests.e2e.test_wire import origin_url
+from tests.e2e.test_wire_revalidation import metric_lines
 
 CACHEABLE = {"Cache-Control": "max-age=60", "ETag": '"e"', "Content-Type": "application/x-bin"}
 TEXT = {"Cache-Control": "max-age=60", "Content-Type": "text/plain"}
@@ -56,17 +56,6 @@ STEPS: list[tuple[str, Reply, dict[str, str], bool]] = [
     ("/range", Reply(body=b"0123456789", headers=CACHEABLE), {"Range": "bytes=2-4"}, False),
     ("/own", Reply(body=b"o", headers=CACHEABLE), {"Cache-Control": "no-cache"}, True),
 ]
-
-
-def metric_lines(registry: CollectorRegistry) -> list[str]:
-    names = (
-        "edgeproxy_requests_total",
-        "edgeproxy_origin_requests_total",
-        "edgeproxy_response_bytes_total",
-    )
-    return [
-        line for line in generate_latest(registry).decode().splitlines() if line.startswith(names)
-    ]
 
 
 def upstream_view(origin: ScriptedOrigin) -> list[tuple[str, str, list[tuple[str, str]]]]:
