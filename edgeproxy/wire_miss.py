@@ -33,6 +33,7 @@ import logging
 import time
 
 import aiohttp
+from multidict import CIMultiDict
 
 from edgeproxy import compress
 from edgeproxy.accesslog import REQUEST_ID, emit, emit_line, json_client, json_line, json_parts
@@ -41,7 +42,7 @@ from edgeproxy.collapse import Flight, Streaming
 from edgeproxy.config import Route
 from edgeproxy.errors import EdgeError
 from edgeproxy.fill import store_log_level, stored_entry
-from edgeproxy.forwarding import response_headers
+from edgeproxy.forwarding import storable_fields, via_value
 from edgeproxy.h1client import UpstreamResponse
 from edgeproxy.http.accept_encoding import request_coding
 from edgeproxy.http.cache_control import response_cache_control
@@ -195,13 +196,17 @@ class Miss:
         verdict = storable("GET", asked.headers, asked.req.cc, 200, fields, resp_cc, policy)
         if not verdict.ok or not health_of(store).writable:
             return None
+        # Hop-by-hop fields and Content-Length out once, for the store and the
+        # client alike (storable_fields and response_headers strip the same).
+        kept = storable_fields(fields)
         entry = stored_entry(
-            (key, route, cfg), (200, fields, upstream.headers), asked.headers, times, plan
+            (key, route, cfg), (200, kept, upstream.headers), asked.headers, times, plan
         )
         cs = CacheStatus(
             fwd=Fwd.URI_MISS, fwd_status=200, stored=True, ttl=ttl(entry, policy, times[1])
         )
-        headers = response_headers(fields, version=_VERSION, pseudonym=cfg.via)
+        headers = CIMultiDict(kept)
+        headers.add("Via", via_value(_VERSION, cfg.via))  # as response_headers
         if "date" not in headers:
             headers["Date"] = format_http_date(times[1])
         headers["Accept-Ranges"] = ACCEPT_RANGES  # stored: we answer its ranges (14.3)
