@@ -11,7 +11,14 @@ from dataclasses import dataclass, field
 IDLE_LEAVES = frozenset({"_worker", "StorePool._work", "EpollSelector.select"})
 # Frames only the event loop's thread has (asyncio's and uvloop's).
 LOOP_FRAMES = frozenset({"BaseEventLoop.run_forever", "Runner.run", "run_until_complete"})
-TREE_ROOT = "RequestHandler._handle_request"  # aiohttp: one request, parsed, to the handler
+# Where a request's own work starts, by path: aiohttp's handler (one request,
+# parsed, to the handler) and the wire path (edgeproxy/wire*.py: heads read
+# and hits answered in the protocol; revalidations and misses in its jobs).
+TREE_ROOTS = {
+    "RequestHandler._handle_request": "event loop: aiohttp's request handler",
+    "_AnyMethodProtocol._answer_on_wire": "event loop: wire path, in the protocol",
+    "_AnyMethodProtocol._run_wire_job": "event loop: wire path, its jobs (revalidations, misses)",
+}
 
 
 @dataclass
@@ -63,8 +70,8 @@ def _tree_lines(node: Node, total: int, depth: int, floor: float, indent: str) -
 def summarize_profile(
     lines: Iterable[str], top: int = 15, per_request_us: float = 0.0, depth: int = 7
 ) -> str:
-    """Where the busy samples went: by thread kind, a call tree from aiohttp's
-    request handler down, self time by function and by file."""
+    """Where the busy samples went: by thread kind and path, a call tree
+    under each path's root (TREE_ROOTS), self time by function and by file."""
     stacks, idle = busy_stacks(lines)
     total = sum(n for _, n in stacks)
     if not total:
@@ -72,23 +79,24 @@ def summarize_profile(
     kinds: Counter[str] = Counter()
     self_fn: Counter[str] = Counter()
     self_file: Counter[str] = Counter()
-    root = Node()
+    roots = {name: Node() for name in TREE_ROOTS}
     for frames, n in stacks:
         names = [_name(f) for f in frames]
+        self_fn[frames[-1]] += n
+        self_file[_file(frames[-1])] += n
         # uvloop's loop is C: its thread shows Runner.run, never run_forever.
         if not LOOP_FRAMES.intersection(names):
             kinds["pool threads (store work off the loop)"] += n
-        elif TREE_ROOT in names:
-            kinds["event loop: inside the request handler"] += n
-        else:
+            continue
+        found = next((r for r in TREE_ROOTS if r in names), None)
+        if found is None:
             kinds["event loop: protocol, callbacks, loop machinery"] += n
-        self_fn[frames[-1]] += n
-        self_file[_file(frames[-1])] += n
-        if TREE_ROOT in names:
-            node = root
-            for name in names[names.index(TREE_ROOT) + 1 :][:depth]:
-                node = node.children.setdefault(name, Node())
-                node.count += n
+            continue
+        kinds[TREE_ROOTS[found]] += n
+        node = roots[found]
+        for name in names[names.index(found) + 1 :][:depth]:
+            node = node.children.setdefault(name, Node())
+            node.count += n
 
     def pct(n: int) -> str:
         return f"{100 * n / total:5.1f}%"
@@ -98,8 +106,10 @@ def summarize_profile(
         head += f"; CPU per request {per_request_us:.0f} us, so 1% = {per_request_us / 100:.1f} us"
     out = [head]
     out += [f"  {pct(n)}  {k}" for k, n in kinds.most_common()]
-    out.append(f"call tree under {TREE_ROOT} (inclusive, >= 1%):")
-    out += _tree_lines(root, total, depth, 1.0, "")
+    for name, root in roots.items():
+        if root.children:
+            out.append(f"call tree under {name} (inclusive, >= 1%):")
+            out += _tree_lines(root, total, depth, 1.0, "")
     out.append(f"top {top} functions by self time:")
     out += [f"  {pct(n)}  {k}" for k, n in self_fn.most_common(top)]
     out.append(f"top {top} files by self time:")
