@@ -72,13 +72,13 @@ from edgeproxy.policy.stale import (
     stale_while_revalidate_status,
     with_stale_while_revalidate,
 )
-from edgeproxy.policy.storable import storable
+from edgeproxy.policy.storable import stays_storable
 from edgeproxy.policy.validation import CLIENT_CONDITIONALS, merge_304, validates
 from edgeproxy.purge_method import handle_purge
 from edgeproxy.responses import NoClient, RelayedResponse, text_response
 from edgeproxy.routing import bare_host, select_route
 from edgeproxy.state import EDGE, EdgeState, Snapshot
-from edgeproxy.store.base import StoreError
+from edgeproxy.store.base import Store, StoreError
 from edgeproxy.upstream import Prefetched
 
 log = logging.getLogger("edgeproxy.proxy")  # one logger for the request path
@@ -157,6 +157,24 @@ def _looked_up(request: web.Request) -> tuple[str, list[Entry]] | None:
     """The store's answer to the wire path's lookup for this request (wire_miss.py)."""
     take = getattr(request.protocol, "take_looked_up", None)
     return None if take is None else cast("tuple[str, list[Entry]] | None", take())
+
+
+async def keep_merged(store: Store, merged: Entry) -> bool:
+    """Store a response freshened by a 304 (RFC 9111 section 4.3.4); True
+    when it is stored. Both paths' revalidations (and wire_revalidation.py)."""
+    try:
+        return await store.update(merged)
+    except StoreError as e:
+        log.log(store_log_level(e), "could not refresh %s after 304: %s", merged.key, e)
+    return False
+
+
+async def drop_merged(store: Store, merged: Entry) -> None:
+    """Drop a stored response a 304 made unstorable (`stays_storable`)."""
+    try:
+        await store.delete_variant(merged)
+    except StoreError as e:
+        log.log(store_log_level(e), "could not drop %s after 304: %s", merged.key, e)
 
 
 def _prefetched(request: web.Request) -> Prefetched | None:
@@ -595,8 +613,10 @@ class _Exchange(Relay):
             if validates(d.entry, upstream.headers):
                 self.edge.counters["revalidated_304"] += 1
                 merged = merge_304(d.entry, upstream.headers, request_time, response_time)
-                storable_now = self._storable(merged)
-                kept = storable_now and await self._keep_merged(merged)
+                storable_now = stays_storable(
+                    self.request.headers, self.req.cc, merged, self.policy
+                )
+                kept = storable_now and await keep_merged(self.edge.store, merged)
                 if flight is not None:
                     flight.resolve(Refreshed(merged) if kept else Released(status=304))
                     self.edge.flights.land(flight)
@@ -618,36 +638,10 @@ class _Exchange(Relay):
                     if not storable_now:
                         # Unstorable now (no-store, private...): it still answers
                         # this request (4.3.4), then the stored one goes.
-                        await self._drop_merged(merged)
+                        await drop_merged(self.edge.store, merged)
             # The 304 doesn't describe what we hold (4.3.4): fetch it whole.
             return await self.forward(d.fwd, True, flight)
         return await self.relay(upstream, d.fwd, request_time, response_time, True, flight)
-
-    def _storable(self, merged: Entry) -> bool:
-        """May the freshened response be stored (a 304 may add no-store or private)?"""
-        return storable(
-            "GET",
-            self.request.headers,
-            self.req.cc,
-            merged.status,
-            merged.fields,
-            merged.cache_control,
-            self.policy,
-        ).ok
-
-    async def _keep_merged(self, merged: Entry) -> bool:
-        """Store the freshened response; True when it is stored."""
-        try:
-            return await self.edge.store.update(merged)
-        except StoreError as e:
-            log.log(store_log_level(e), "could not refresh %s after 304: %s", self.key, e)
-        return False
-
-    async def _drop_merged(self, merged: Entry) -> None:
-        try:
-            await self.edge.store.delete_variant(merged)
-        except StoreError as e:
-            log.log(store_log_level(e), "could not drop %s after 304: %s", self.key, e)
 
     async def forward(
         self, fwd: Fwd, cacheable: bool, flight: Flight | None = None

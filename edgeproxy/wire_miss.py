@@ -30,13 +30,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
 import aiohttp
 from multidict import CIMultiDict
 
 from edgeproxy import compress
-from edgeproxy.accesslog import REQUEST_ID, emit, emit_line, json_client, json_line, json_parts
+from edgeproxy.accesslog import REQUEST_ID
 from edgeproxy.bodies import CHUNK
 from edgeproxy.collapse import Flight, Streaming
 from edgeproxy.config import Route
@@ -57,7 +56,7 @@ from edgeproxy.policy.freshness import ttl
 from edgeproxy.policy.storable import storable
 from edgeproxy.policy.transform import compression_plan, transformed_fields
 from edgeproxy.policy.validation import CLIENT_CONDITIONALS
-from edgeproxy.proxy import access_logged, access_record
+from edgeproxy.proxy import access_logged
 from edgeproxy.serving import finish_fields
 from edgeproxy.state import EdgeState, Snapshot
 from edgeproxy.store.base import BodyWriter, StoreError, health_of
@@ -314,22 +313,5 @@ class Miss:
         edge.outcomes[cache] += 1
         edge.metrics.served(route.name, "GET", cache, _SOURCE, nbytes)
         edge.counters["wire_misses"] += 1  # answered here (in /stats)
-        if not access_logged(snap):
-            return
-        fmt = snap.config.log.access_format
-        head = asked.head
-        if fmt == "json":
-            asked_part, answered = json_parts(
-                head.method, head.target, 200, nbytes, cache, route.name, trip.status, trip.ms
-            )
-            duration = round((time.monotonic() - asked.started) * 1000, 3)
-            client = json_client(asked.client)
-            emit_line(json_line(asked.at, client, asked_part, duration, answered, asked.rid))
-            return
-        record = access_record(
-            (asked.at, asked.started),
-            (asked.client, head.method, head.target, "HTTP/1.1", asked.headers),
-            (asked.rid, route.name, 200, cache, nbytes),
-            (trip.status, trip.ms),
-        )
-        emit(record, fmt)
+        if access_logged(snap):
+            asked.log(snap.config.log.access_format, (route.name, 200, cache, nbytes), trip)

@@ -38,11 +38,10 @@ import time
 
 from multidict import CIMultiDict
 
-from edgeproxy.accesslog import emit, emit_line, json_client, json_line, json_parts
+from edgeproxy.accesslog import Format, emit, emit_line, json_client, json_line, json_parts
 from edgeproxy.collapse import Flight, Refreshed, Released
 from edgeproxy.config import Route
 from edgeproxy.errors import EdgeError
-from edgeproxy.fill import store_log_level
 from edgeproxy.http.cache_status import CacheStatus, Fwd
 from edgeproxy.http.conditionals import Precondition, evaluate
 from edgeproxy.http.request_head import RequestHead
@@ -51,11 +50,10 @@ from edgeproxy.policy.decide import Request, Revalidate
 from edgeproxy.policy.entry import Entry
 from edgeproxy.policy.freshness import current_age, ttl
 from edgeproxy.policy.stale import discardable, with_stale_while_revalidate
-from edgeproxy.policy.storable import storable
+from edgeproxy.policy.storable import stays_storable
 from edgeproxy.policy.validation import CLIENT_CONDITIONALS, merge_304, validates
-from edgeproxy.proxy import access_logged, access_record
+from edgeproxy.proxy import access_logged, access_record, drop_merged, keep_merged
 from edgeproxy.state import EdgeState, Snapshot
-from edgeproxy.store.base import StoreError
 from edgeproxy.store.tiered import TieredStore
 from edgeproxy.upstream import Prefetched, Trip, send_upstream, upstream_fields
 from edgeproxy.wire_head import WireHead, wire_head_after_304, wire_head_for
@@ -89,6 +87,26 @@ class Asked:
         self.client = client
         self.rid = rid
         self.at, self.started = times
+
+    def log(self, fmt: Format, answered: tuple[str, int, str, int], trip: Trip) -> None:
+        """Its access line, as proxy.handle writes one: `answered` is the
+        route, status, cache outcome and body bytes, `trip` the origin's part."""
+        route, status, cache, nbytes = answered
+        head = self.head
+        if fmt == "json":
+            asked, tail = json_parts(
+                head.method, head.target, status, nbytes, cache, route, trip.status, trip.ms
+            )
+            duration = round((time.monotonic() - self.started) * 1000, 3)
+            emit_line(json_line(self.at, json_client(self.client), asked, duration, tail, self.rid))
+            return
+        record = access_record(
+            (self.at, self.started),
+            (self.client, head.method, head.target, "HTTP/1.1", self.headers),
+            (self.rid, route, status, cache, nbytes),
+            (trip.status, trip.ms),
+        )
+        emit(record, fmt)
 
 
 def revalidation(
@@ -204,8 +222,8 @@ class Revalidation:
         trip.release(upstream)
         edge.counters["revalidated_304"] += 1
         merged = merge_304(d.entry, upstream.headers, request_time, response_time)
-        storable_now = self._storable(merged)
-        kept = storable_now and await self._keep(merged, key)
+        storable_now = stays_storable(asked.headers, asked.req.cc, merged, route.policy)
+        kept = storable_now and await keep_merged(edge.store, merged)
         if self.flight is not None:
             self.flight.resolve(Refreshed(merged) if kept else Released(status=304))
             edge.flights.land(self.flight)
@@ -215,7 +233,7 @@ class Revalidation:
             if not storable_now:
                 # Unstorable now (no-store, private...): it still answers
                 # this request (4.3.4), then the stored one goes.
-                await self._drop(merged, key)
+                await drop_merged(edge.store, merged)
 
     def _hand_over(self, pre: Prefetched) -> None:
         """The full path answers, and leads the key's flight on: the waiters
@@ -225,33 +243,6 @@ class Revalidation:
             self.flight = None
         self.prefetched = pre
         self.edge.counters["revalidations"] -= 1  # counted by it as it takes the answer
-
-    def _storable(self, merged: Entry) -> bool:
-        """As _Exchange._storable: a 304 may add no-store or private."""
-        asked = self.asked
-        return storable(
-            "GET",
-            asked.headers,
-            asked.req.cc,
-            merged.status,
-            merged.fields,
-            merged.cache_control,
-            self.where[1].policy,
-        ).ok
-
-    async def _keep(self, merged: Entry, key: str) -> bool:
-        """As _Exchange._keep_merged; True when it is stored."""
-        try:
-            return await self.edge.store.update(merged)
-        except StoreError as e:
-            log.log(store_log_level(e), "could not refresh %s after 304: %s", key, e)
-        return False
-
-    async def _drop(self, merged: Entry, key: str) -> None:
-        try:
-            await self.edge.store.delete_variant(merged)
-        except StoreError as e:
-            log.log(store_log_level(e), "could not drop %s after 304: %s", key, e)
 
     def _answer(self, transport: asyncio.Transport, merged: Entry, trip: Trip) -> bool:
         """Write the freshened response (or the client's 304), as
@@ -296,26 +287,6 @@ class Revalidation:
         edge.outcomes[cache] += 1
         edge.metrics.served(route.name, "GET", cache, _SOURCE, len(body))
         if access_logged(snap):
-            self._log(status, cache, len(body), trip)
+            answered = (route.name, status, cache, len(body))
+            asked.log(cfg.log.access_format, answered, trip)
         return True
-
-    def _log(self, status: int, cache: str, nbytes: int, trip: Trip) -> None:
-        asked = self.asked
-        route = self.where[1].name
-        fmt = self.where[0].config.log.access_format
-        if fmt == "json":
-            head = asked.head
-            parts = json_parts(head.method, head.target, status, nbytes, cache, route, 304, trip.ms)
-            duration = round((time.monotonic() - asked.started) * 1000, 3)
-            line = json_line(
-                asked.at, json_client(asked.client), parts[0], duration, parts[1], asked.rid
-            )
-            emit_line(line)
-            return
-        record = access_record(
-            (asked.at, asked.started),
-            (asked.client, asked.head.method, asked.head.target, "HTTP/1.1", asked.headers),
-            (asked.rid, route, status, cache, nbytes),
-            (trip.status, trip.ms),
-        )
-        emit(record, fmt)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from edgeproxy.http.cache_control import CacheControl
 from edgeproxy.http.fields import Headers
 from edgeproxy.http.vary import STAR, vary_names
+from edgeproxy.policy.entry import Entry
 from edgeproxy.policy.freshness import expires_value
 from edgeproxy.policy.settings import HEURISTIC_STATUSES, UNDERSTOOD_STATUSES, CachePolicy
 
@@ -102,3 +103,14 @@ def _has_content(request: Headers) -> bool:
         return True
     length = request.get("content-length")
     return length is not None and length.strip() not in ("", "0")
+
+
+def stays_storable(
+    request: Headers, request_cc: CacheControl, merged: Entry, policy: CachePolicy
+) -> bool:
+    """May a response freshened by a 304 (`merged`, validation.merge_304)
+    stay stored? The 304's fields may have made it unstorable (no-store,
+    private: RFC 9111 section 4.3.4, then section 3)."""
+    return storable(
+        "GET", request, request_cc, merged.status, merged.fields, merged.cache_control, policy
+    ).ok

@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from multidict import CIMultiDict
 
 from edgeproxy.http.cache_control import request_cache_control, response_cache_control
 from edgeproxy.policy.settings import HEURISTIC_STATUSES, CachePolicy
-from edgeproxy.policy.storable import Storability, storable
-from tests.unit.policy.helpers import T0, HeaderInput, headers, http_date
+from edgeproxy.policy.storable import Storability, stays_storable, storable
+from tests.unit.policy.helpers import T0, HeaderInput, headers, http_date, make_entry
 
 LM = {"Last-Modified": http_date(T0 - 3600)}
 MAX_AGE = {"Cache-Control": "max-age=60"}
@@ -275,3 +276,34 @@ def test_get_with_content_is_not_stored(request_fields: dict[str, str], ok: bool
     assert verdict.ok is ok
     if not ok:
         assert verdict.reason == "request-content"
+
+
+# -- a response freshened by a 304 (RFC 9111 section 4.3.4, then section 3) ----
+
+
+@pytest.mark.parametrize(
+    ("merged_fields", "request_fields", "stays"),
+    [
+        pytest.param({"Cache-Control": "max-age=60", "ETag": '"a"'}, {}, True, id="freshened"),
+        pytest.param({"Cache-Control": "no-store"}, {}, False, id="304-added-no-store"),
+        pytest.param({"Cache-Control": "private, max-age=60"}, {}, False, id="304-made-private"),
+        pytest.param(
+            {"Cache-Control": "max-age=60"},
+            {"Authorization": "Basic eA=="},
+            False,
+            id="authorized-without-public-3.5",
+        ),
+        pytest.param(
+            {"Cache-Control": "public, max-age=60"},
+            {"Authorization": "Basic eA=="},
+            True,
+            id="authorized-public-3.5",
+        ),
+    ],
+)
+def test_stays_storable(
+    merged_fields: dict[str, str], request_fields: dict[str, str], stays: bool
+) -> None:
+    merged = make_entry(list(merged_fields.items()))
+    request = CIMultiDict(request_fields)
+    assert stays_storable(request, request_cache_control(request), merged, CachePolicy()) is stays
