@@ -37,7 +37,7 @@ from multidict import CIMultiDict
 from edgeproxy import compress
 from edgeproxy.accesslog import REQUEST_ID
 from edgeproxy.bodies import CHUNK
-from edgeproxy.collapse import Flight, Streaming
+from edgeproxy.collapse import Streaming
 from edgeproxy.config import Route
 from edgeproxy.errors import EdgeError
 from edgeproxy.fill import store_log_level, stored_entry
@@ -63,7 +63,7 @@ from edgeproxy.store.base import BodyWriter, StoreError, health_of
 from edgeproxy.store.tiered import TieredStore
 from edgeproxy.upstream import Prefetched, Trip, send_upstream, upstream_fields
 from edgeproxy.wire_head import response_head
-from edgeproxy.wire_revalidation import Asked
+from edgeproxy.wire_revalidation import Asked, WireJob
 
 log = logging.getLogger("edgeproxy.proxy")  # one logger for the request path
 
@@ -88,31 +88,20 @@ def miss(edge: EdgeState, where: tuple[Snapshot, Route, str, str], asked: Asked)
     return Miss(edge, where, asked)
 
 
-class Miss:
+class Miss(WireJob):
     """One miss the protocol runs (server._AnyMethodProtocol._wire_task)."""
 
-    __slots__ = ("asked", "edge", "flight", "looked_up", "prefetched", "where")
+    __slots__ = ("asked", "looked_up", "where")
+    COUNTED = "misses"
 
     def __init__(
         self, edge: EdgeState, where: tuple[Snapshot, Route, str, str], asked: Asked
     ) -> None:
-        self.edge = edge
+        super().__init__(edge)
         self.where = where
         self.asked = asked
-        self.flight: Flight | None = None
-        # Set when it returns False: for the full path (proxy.handle).
+        # Set when it returns False: the store's lookup, for the full path.
         self.looked_up: tuple[str, list[Entry]] | None = None
-        self.prefetched: Prefetched | None = None
-
-    async def send(self, transport: asyncio.Transport) -> bool:
-        """Fetch, store and answer; False when the full path is to answer the
-        request (with `looked_up`, and `prefetched` if it went upstream)."""
-        try:
-            return await self._send(transport)
-        finally:
-            flight = self.flight  # None once handed over with the answer
-            if flight is not None:
-                await self.edge.flights.close(flight)
 
     async def _send(self, transport: asyncio.Transport) -> bool:
         edge, asked = self.edge, self.asked
@@ -296,14 +285,6 @@ class Miss:
             log.log(store_log_level(e), "not stored %s: %s", key, e)
             return
         self.edge.counters["stored"] += 1
-
-    def _hand_over(self, pre: Prefetched) -> None:
-        """The full path answers, and leads the key's flight on."""
-        if self.flight is not None:
-            pre.lead((self.edge.flights, self.flight))
-            self.flight = None
-        self.prefetched = pre
-        self.edge.counters["misses"] -= 1  # counted by it as it takes the answer
 
     def _account(self, cs: CacheStatus, nbytes: int, trip: Trip) -> None:
         """As proxy.handle accounts for a relayed response."""

@@ -156,10 +156,48 @@ def revalidation(
     return Revalidation(edge, where, asked, (d, head), flight)
 
 
-class Revalidation:
+class WireJob:
+    """A request the protocol answers from a task (a Revalidation, a
+    wire_miss.Miss): it may lead its key's flight, and when it leaves the
+    request to the full path after going upstream, it hands over the
+    origin's answer and the flight with it (`prefetched`)."""
+
+    __slots__ = ("edge", "flight", "prefetched")
+    COUNTED = ""  # the counter the full path counts again as it takes the answer
+
+    def __init__(self, edge: EdgeState) -> None:
+        self.edge = edge
+        self.flight: Flight | None = None
+        # Set when it returns False: the origin's answer for the full path.
+        self.prefetched: Prefetched | None = None
+
+    async def send(self, transport: asyncio.Transport) -> bool:
+        """Answer; False when the full path is to answer the request."""
+        try:
+            return await self._send(transport)
+        finally:
+            flight = self.flight  # None once handed over with the answer
+            if flight is not None:
+                await self.edge.flights.close(flight)  # waiters without an outcome: Released
+
+    async def _send(self, transport: asyncio.Transport) -> bool:
+        raise NotImplementedError
+
+    def _hand_over(self, pre: Prefetched) -> None:
+        """The full path answers, and leads the key's flight on: the waiters
+        get what it makes of the answer (a changed object streams to them)."""
+        if self.flight is not None:
+            pre.lead((self.edge.flights, self.flight))
+            self.flight = None
+        self.prefetched = pre
+        self.edge.counters[self.COUNTED] -= 1
+
+
+class Revalidation(WireJob):
     """One revalidation the protocol runs (server._AnyMethodProtocol._wire_task)."""
 
-    __slots__ = ("asked", "d", "edge", "flight", "head", "prefetched", "where")
+    __slots__ = ("asked", "d", "head", "where")
+    COUNTED = "revalidations"
 
     def __init__(
         self,
@@ -169,24 +207,11 @@ class Revalidation:
         decided: tuple[Revalidate, WireHead],
         flight: Flight | None,
     ) -> None:
-        self.edge = edge
+        super().__init__(edge)
         self.where = where
         self.asked = asked
         self.d, self.head = decided  # the decision, and its entry's head as it stands
         self.flight = flight
-        # Set when it returns False: the origin's answer for the full path.
-        self.prefetched: Prefetched | None = None
-
-    async def send(self, transport: asyncio.Transport) -> bool:
-        """Revalidate and answer; False when the full path is to answer the
-        request (with `prefetched` if it went upstream)."""
-        try:
-            return await self._send(transport)
-        finally:
-            flight = self.flight  # None once handed over with the answer
-            if flight is not None:
-                flight.resolve(Released(status=None))  # unless resolved already
-                await self.edge.flights.close(flight)
 
     async def _send(self, transport: asyncio.Transport) -> bool:
         edge, d, asked = self.edge, self.d, self.asked
@@ -234,15 +259,6 @@ class Revalidation:
                 # Unstorable now (no-store, private...): it still answers
                 # this request (4.3.4), then the stored one goes.
                 await drop_merged(edge.store, merged)
-
-    def _hand_over(self, pre: Prefetched) -> None:
-        """The full path answers, and leads the key's flight on: the waiters
-        get what it makes of the answer (a changed object streams to them)."""
-        if self.flight is not None:
-            pre.lead((self.edge.flights, self.flight))
-            self.flight = None
-        self.prefetched = pre
-        self.edge.counters["revalidations"] -= 1  # counted by it as it takes the answer
 
     def _answer(self, transport: asyncio.Transport, merged: Entry, trip: Trip) -> bool:
         """Write the freshened response (or the client's 304), as
