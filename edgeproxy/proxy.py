@@ -98,7 +98,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     edge = request.app[EDGE]
     snap = edge.snapshot  # read once: in-flight requests keep their rules
     at = edge.clock()
-    pre = _prefetched(request)
+    pre, looked = _handover(request)
     rid = pre.rid if pre is not None else request_id(request.headers.get(REQUEST_ID))
     handed = None
     if pre is not None:
@@ -112,7 +112,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
             ctx = routed
             ctx.prefetched, pre = pre, None
             ctx.handed_flight = handed
-            ctx.looked_up = _looked_up(request)
+            ctx.looked_up = looked
             route_name = ctx.route.name
             try:
                 resp = await ctx.run()
@@ -153,12 +153,6 @@ async def handle(request: web.Request) -> web.StreamResponse:
         )
 
 
-def _looked_up(request: web.Request) -> tuple[str, list[Entry]] | None:
-    """The store's answer to the wire path's lookup for this request (wire_miss.py)."""
-    take = getattr(request.protocol, "take_looked_up", None)
-    return None if take is None else cast("tuple[str, list[Entry]] | None", take())
-
-
 async def keep_merged(store: Store, merged: Entry) -> bool:
     """Store a response freshened by a 304 (RFC 9111 section 4.3.4); True
     when it is stored. Both paths' revalidations (and wire_revalidation.py)."""
@@ -177,11 +171,16 @@ async def drop_merged(store: Store, merged: Entry) -> None:
         log.log(store_log_level(e), "could not drop %s after 304: %s", merged.key, e)
 
 
-def _prefetched(request: web.Request) -> Prefetched | None:
-    """The origin's answer the wire path got for this request before it
-    left it to us (server._AnyMethodProtocol, wire_revalidation.py)."""
-    take = getattr(request.protocol, "take_prefetched", None)
-    return None if take is None else cast("Prefetched | None", take())
+def _handover(
+    request: web.Request,
+) -> tuple[Prefetched | None, tuple[str, list[Entry]] | None]:
+    """What the wire path did for this request before it left it to us
+    (server._AnyMethodProtocol.take_handover): the origin's answer, the
+    store's lookup."""
+    take = getattr(request.protocol, "take_handover", None)
+    if take is None:
+        return None, None
+    return cast("tuple[Prefetched | None, tuple[str, list[Entry]] | None]", take())
 
 
 def account(

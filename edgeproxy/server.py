@@ -234,8 +234,9 @@ class _AnyMethodProtocol(web_protocol.RequestHandler):
         # way (`_wire_job`: which), in `_wire_task`.
         self._wire_task: asyncio.Task[None] | None = None
         self._wire_job: wire.FileHit | Revalidation | Miss | None = None
-        self._prefetched: Prefetched | None = None  # for the full path: take_prefetched
-        self._looked_up: tuple[str, list[Entry]] | None = None  # and take_looked_up
+        # What a wire job leaves the full path with a request (take_handover).
+        self._prefetched: Prefetched | None = None
+        self._looked_up: tuple[str, list[Entry]] | None = None
         self._held = b""  # what the client sent after it
         self._client: str | None = None  # the peer's address, for the access log
 
@@ -393,7 +394,7 @@ class _AnyMethodProtocol(web_protocol.RequestHandler):
         the client sent after it. When it did not answer (a file body gone
         before anything was written, an origin answer other than a 304),
         the full path answers the request (`raw`) instead, taking the
-        origin's answer if it got one (`take_prefetched`)."""
+        origin's answer if it got one (`take_handover`)."""
         transport = self.transport
         answered = False
         try:
@@ -429,17 +430,13 @@ class _AnyMethodProtocol(web_protocol.RequestHandler):
         elif held:
             self.data_received(held)
 
-    def take_prefetched(self) -> Prefetched | None:
-        """The origin's answer to the request just handed to aiohttp, for
-        its handler (proxy.handle): once."""
-        pre, self._prefetched = self._prefetched, None
-        return pre
-
-    def take_looked_up(self) -> tuple[str, list[Entry]] | None:
-        """The store's answer to the lookup a wire Miss made for that
-        request (its key and entries), for the handler: once."""
-        looked, self._looked_up = self._looked_up, None
-        return looked
+    def take_handover(self) -> tuple[Prefetched | None, tuple[str, list[Entry]] | None]:
+        """For the handler of the request just handed to aiohttp
+        (proxy.handle), once: the origin's answer a wire job got for it,
+        and the store's lookup (key, entries) a wire Miss made."""
+        handed = self._prefetched, self._looked_up
+        self._prefetched = self._looked_up = None
+        return handed
 
     def _process_keepalive(self) -> None:
         if self._wire_task is not None:  # answering: not idle
