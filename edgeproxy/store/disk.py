@@ -361,7 +361,7 @@ class _Inline:
 
     entry: Entry
     data: bytes
-    then: Callable[[Entry], object] | None
+    then: Callable[[list[Entry]], object] | None
 
 
 class _Batches(Generic[Item, R]):
@@ -847,10 +847,11 @@ class DiskStore:
         entry: Entry,
         data: bytes | None,
         tmp: IO[bytes] | None,
-        then: Callable[[Entry], object] | None = None,
+        then: Callable[[list[Entry]], object] | None = None,
     ) -> Entry:
-        """Store the body and index the variant; `then(stored)` runs after it
-        committed, in this same pool job (the hot tier's publish: no 2nd hop).
+        """Store the body and index the variant; `then(listed)` runs after it
+        committed, in this same pool job (the hot tier's publish: no 2nd
+        hop), with the key's variants as they now stand, the stored one last.
 
         A body diskcache keeps inline (bytes under its min_file_size: no file
         to copy) goes in the index transaction itself (`_commit_batch`, which
@@ -881,21 +882,21 @@ class DiskStore:
             if evicted:  # committed by diskcache's own transaction
                 self._evicted(evicted)
             with self._txn() as sql:
-                entry, _ = self._index(sql, entry, body_key, None, watch)
+                entry, _, listed = self._index(sql, entry, body_key, None, watch)
         except BaseException:
             with contextlib.suppress(*LOW_ERRORS):
                 self._cache.delete(body_key)
             raise
         if then is not None:
-            then(entry)
+            then(listed)
         return entry
 
     def _index(
         self, sql: Sql, entry: Entry, body_key: str, inline: bytes | None, watch: bool
-    ) -> tuple[Entry, list[str]]:
+    ) -> tuple[Entry, list[str], list[Entry]]:
         """In a transaction: index `entry` (its body stored already, or
-        `inline` here, nested in it); the entry as stored and the keys the
-        body's set evicted."""
+        `inline` here, nested in it); the entry as stored, the keys the
+        body's set evicted and the key's variants after it (`_siblings`)."""
         entry = self._admissible(sql, entry)
         evicted = self._set_body(body_key, inline, watch) if inline is not None else []
         present = sql("SELECT 1 FROM Cache WHERE key = ? AND raw = 1", (body_key,))
@@ -910,40 +911,64 @@ class DiskStore:
         for vid, variant in same:
             self._drop(sql, vid, variant)
         self._insert(sql, entry)
-        extra = sql(
-            "SELECT id, variant FROM edge_variants WHERE key = ?"
-            " ORDER BY id DESC LIMIT -1 OFFSET ?",
-            (entry.key, MAX_VARIANTS),
+        rows = sql(
+            "SELECT id, variant, soft, meta FROM edge_variants WHERE key = ? ORDER BY id",
+            (entry.key,),
         ).fetchall()
-        for vid, variant in extra:
+        for vid, variant, _, _ in rows[:-MAX_VARIANTS]:
             self._drop(sql, vid, variant)
-        return entry, evicted
+        return entry, evicted, self._siblings(sql, entry, rows[-MAX_VARIANTS:])
+
+    def _siblings(
+        self, sql: Sql, entry: Entry, rows: Sequence[tuple[int, str, int, Any]]
+    ) -> list[Entry]:
+        """In the commit's transaction: the key's variants as `lookup` would
+        list them now, `entry` (the newest) last, decoding only the others
+        (usually none); an unreadable one is dropped, as `_entries` does."""
+        listed: list[Entry] = []
+        for vid, variant, soft, meta in rows:
+            if variant == entry.variant:
+                continue
+            try:
+                listed.append(_decode(variant, soft, meta))
+            except CorruptEntry as e:
+                log.warning("dropping unreadable entry %s: %s", variant, e)
+                self._drop(sql, vid, variant)
+        listed.append(entry)
+        return listed
 
     def _commit_batch(self, batch: list[_Inline]) -> list[Entry | Exception]:
         """On a pool thread: inline-body commits in one transaction, each in a
         savepoint, so one refused (a ban, its body evicted) leaves the others;
-        then their evictions and each `then(stored)`, as `_commit`."""
+        then their evictions and each `then(listed)`, as `_commit`."""
         watch = self._watch_evictions()
         results: list[Entry | Exception] = []
+        listings: list[list[Entry]] = []
         evicted: list[str] = []
         with self._txn() as sql:
             for c in batch:
                 sql("SAVEPOINT edge_inline")
                 try:
-                    entry, notes = self._index(sql, c.entry, BODY + c.entry.variant, c.data, watch)
+                    entry, notes, listed = self._index(
+                        sql, c.entry, BODY + c.entry.variant, c.data, watch
+                    )
                 except (Banned, StoreError) as e:
                     sql("ROLLBACK TO edge_inline")
                     sql("RELEASE edge_inline")
                     results.append(e)
+                    listings.append([])
                     continue
                 sql("RELEASE edge_inline")
                 results.append(entry)
+                listings.append(listed)
                 evicted += notes
         if evicted:
             self._evicted(evicted)
-        for c, result in zip(batch, results, strict=True):
+        # In batch order: a later commit of the same key publishes a later
+        # record, so the hot tier keeps only the last one's listing.
+        for c, result, listed in zip(batch, results, listings, strict=True):
             if c.then is not None and isinstance(result, Entry):
-                c.then(result)
+                c.then(listed)
         return results
 
     def _inline_below(self) -> int:
@@ -1319,8 +1344,10 @@ class DiskWriter:
         self._buf = bytearray()
         return f
 
-    async def commit(self, entry: Entry, then: Callable[[Entry], object] | None = None) -> Entry:
-        """Commit the body and index it; `then(stored)` runs in the same pool
+    async def commit(
+        self, entry: Entry, then: Callable[[list[Entry]], object] | None = None
+    ) -> Entry:
+        """Commit the body and index it; `then(listed)` runs in the same pool
         job right after the commit succeeded (DiskStore._commit)."""
         if self._done:
             raise StoreError("writer already closed")

@@ -30,14 +30,16 @@ T = TypeVar("T")
 # proxy (tests/e2e/test_hot_tier_memory.py holds the charge to the memory a
 # cleared tier gives back): the key's own slot (_Hot, the LRU and hash-index
 # entries, the key), each kept body (Body, the bytes object), each listed
-# variant (Entry, its memoised parses, the head templates built from it on
-# hits), each field line (its multidict item and strings, its copy in those
-# templates). Charging 512 bytes a variant and nothing else let a 64 MiB
-# tier of 1 KiB objects hold ~250 MiB.
+# variant (Entry, its memoised parses) and its field lines (multidict items
+# and strings), and once a hit built them (`prebuilt`), a variant's head
+# templates with their copy of each field line. Charging 512 bytes a variant
+# and nothing else let a 64 MiB tier of 1 KiB objects hold ~250 MiB.
 KEY_OVERHEAD = 850
 BODY_OVERHEAD = 200
-ENTRY_OVERHEAD = 3000
-FIELD_OVERHEAD = 260
+ENTRY_OVERHEAD = 300
+FIELD_OVERHEAD = 220
+BUILT_OVERHEAD = 2050
+BUILT_FIELD_OVERHEAD = 90
 
 
 @dataclass(slots=True)
@@ -48,6 +50,7 @@ class _Hot:
     nbytes: int = 0
     meta_bytes: int = 0
     built: dict[str, tuple[object, object, Entry]] = field(default_factory=dict)
+    built_bytes: int = 0
 
 
 def metadata_size(key: str, entries: list[Entry]) -> int:
@@ -57,6 +60,14 @@ def metadata_size(key: str, entries: list[Entry]) -> int:
         n += ENTRY_OVERHEAD
         for k, v in e.fields.items():
             n += FIELD_OVERHEAD + len(k) + len(v)
+    return n
+
+
+def built_size(entry: Entry) -> int:
+    """What the head templates a hit builds from `entry` cost, roughly."""
+    n = BUILT_OVERHEAD
+    for k, v in entry.fields.items():
+        n += BUILT_FIELD_OVERHEAD + len(k) + len(v)
     return n
 
 
@@ -118,7 +129,10 @@ class MemoryTier:
         if not any(e is entry for e in hot.entries):
             return build(entry)
         value = build(entry)
+        if hot.built.get(entry.variant) is None:
+            hot.built_bytes += built_size(entry)  # one build kept a variant
         hot.built[entry.variant] = (build, value, entry)
+        self._account(entry.key, hot)
         return value
 
     # -- writes -------------------------------------------------------------
@@ -132,6 +146,7 @@ class MemoryTier:
             del hot.bodies[variant]
             self.nbodies -= 1
         hot.built.clear()
+        hot.built_bytes = 0
         hot.meta_bytes = metadata_size(key, hot.entries)
         self._account(key, hot)
 
@@ -177,7 +192,7 @@ class MemoryTier:
 
     def _account(self, key: str, hot: _Hot) -> None:
         """Recharge `hot`, mark it most recent, evict least recent past the bound."""
-        size = key_charge(hot.meta_bytes, (b.size for b in hot.bodies.values()))
+        size = key_charge(hot.meta_bytes + hot.built_bytes, (b.size for b in hot.bodies.values()))
         self.nbytes += size - hot.nbytes
         hot.nbytes = size
         self._keys.move_to_end(key)

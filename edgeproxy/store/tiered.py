@@ -376,15 +376,25 @@ class TieredWriter(CopyingWriter):
 
     async def _commit(self, entry: Entry, since: int, chunks: list[bytes] | None) -> Entry:
         tier = self._tier
-        h = key_hash(self._disk_writer.key)
+        key = self._disk_writer.key
+        h = key_hash(key)
         published = _Publisher(tier._gen, h)
+        listed: list[Entry] = []
+
+        def then(variants: list[Entry]) -> None:
+            listed[:] = variants
+            published()
+
         # Banned / StoreError: memory untouched, nothing published. Committed:
         # the record goes out in the commit's own pool job (DiskWriter.commit).
-        stored = await self._disk_writer.commit(entry, then=lambda _: published())
+        stored = await self._disk_writer.commit(entry, then=then)
         tier._published(published)
-        own = published.number
-        if chunks is not None and tier._admit(h, since, own):
-            tier._mem.put_body(stored.key, h, stored.variant, b"".join(chunks))
+        if tier._admit(h, since, published.number):
+            # The key's variants as the disk now lists them: the next request
+            # is a memory hit, not a lookup back to the disk (as `update`).
+            tier._mem.put_entries(key, h, listed)
+            if chunks is not None:
+                tier._mem.put_body(key, h, stored.variant, b"".join(chunks))
         return stored
 
 

@@ -25,8 +25,8 @@ KEYS = 200
 
 @pytest.mark.parametrize(
     ("extra_fields", "hits"),
-    [(0, 0), (0, 1), (12, 1)],
-    ids=["stored-only", "hit", "hit-many-fields"],
+    [(0, 0), (0, 1), (12, 1), (12, 0)],
+    ids=["stored-only", "hit", "hit-many-fields", "stored-only-many-fields"],
 )
 async def test_the_charge_covers_what_the_tier_holds(
     make_proxy: MakeProxy, origin: ScriptedOrigin, extra_fields: int, hits: int

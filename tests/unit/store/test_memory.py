@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from edgeproxy.policy.entry import Entry
 from edgeproxy.store.generation import key_hash
-from edgeproxy.store.memory import MemoryTier, key_charge, metadata_size
+from edgeproxy.store.memory import MemoryTier, built_size, key_charge, metadata_size
 from tests.contract.helpers import make_entry
 
 URL = "http://a.example/"
@@ -126,7 +126,7 @@ def test_prebuilt_is_kept_with_the_listed_entry_until_it_changes() -> None:
 # and never passes the bound.
 OPS = st.lists(
     st.tuples(
-        st.sampled_from(["entries", "body", "touch", "drop", "drop_hash"]),
+        st.sampled_from(["entries", "body", "touch", "build", "drop", "drop_hash"]),
         st.integers(0, 5),  # which key
         st.integers(0, 2),  # which variant
         st.integers(0, 300),  # body size
@@ -150,6 +150,11 @@ def test_the_tally_matches_what_is_held(
             tier.put_body(key, h, str(v), b"x" * size)
         elif op == "touch":
             tier.entries(key)
+        elif op == "build":  # a hit's head templates, kept (and charged) once
+            found = tier.listed(key)
+            for entry in found or listed(key, str(v)):
+                if entry.variant == str(v):
+                    tier.prebuilt(entry, lambda e: [e.variant])
         elif op == "drop":
             tier.drop_key(key)
         else:
@@ -157,8 +162,10 @@ def test_the_tally_matches_what_is_held(
         held = tier._keys.values()
         assert tier.nbytes <= max_bytes
         assert tier.nbytes == sum(
-            key_charge(x.meta_bytes, (b.size for b in x.bodies.values())) for x in held
+            key_charge(x.meta_bytes + x.built_bytes, (b.size for b in x.bodies.values()))
+            for x in held
         )
+        assert all(x.built_bytes == sum(built_size(b[2]) for b in x.built.values()) for x in held)
         assert tier.nbodies == sum(len(x.bodies) for x in held)
         assert all(b.size <= 200 for x in held for b in x.bodies.values())
         assert {k for ks in tier._by_hash.values() for k in ks} == set(tier._keys)

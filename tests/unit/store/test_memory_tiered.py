@@ -25,7 +25,7 @@ from edgeproxy.store.disk import DiskStore
 from edgeproxy.store.generation import ALL
 from edgeproxy.store.tiered import TieredStore
 from tests.conftest import FakeClock
-from tests.contract.helpers import body_of, make_entry, put, read
+from tests.contract.helpers import T0, body_of, make_entry, put, read
 from tests.contract.kits import DiskKit
 
 URL = "http://a.example/page"
@@ -99,18 +99,74 @@ async def test_a_hot_hit_makes_no_disk_call_and_no_copy(
     data = body_of(1024)
     stored = await put(a, make_entry(URL), data)
     disk = DiskCalls(monkeypatch, a)
-    [found] = await a.lookup(URL)  # the commit changed the list: read once
-    first = await a.open_body(found)  # its body stayed in memory from the commit
-    assert disk.calls == ["lookup"]
+    # The commit left the key's list and its body in memory: no disk call.
+    [found] = await a.lookup(URL)
+    first = await a.open_body(found)
     for _ in range(3):
         [again] = await a.lookup(URL)
         body = await a.open_body(again)
         assert again is found
         assert body is first  # the one kept Body, served as is
-    assert disk.calls == ["lookup"]
+    assert disk.calls == []
     assert first is not None and first.data == data and found == stored
     stats = a.memory_stats()
-    assert (stats["memory_hits"], stats["memory_misses"], stats["memory_bodies"]) == (3, 1, 1)
+    assert (stats["memory_hits"], stats["memory_misses"], stats["memory_bodies"]) == (4, 0, 1)
+
+
+# Commits of one key, each (Vary selection, body size): after each, the
+# list the commit left in memory is the list the disk holds (RFC 9111
+# section 4.1: a selection replaces its own, others stay; the oldest go past
+# MAX_VARIANTS, here 3). Sizes cover inline bodies (batched commits), file
+# bodies and bodies memory does not keep.
+COMMITS: dict[str, list[tuple[str, int]]] = {
+    "one": [("a", 10)],
+    "same-selection-replaces": [("a", 10), ("a", 20)],
+    "selections-side-by-side": [("a", 10), ("b", 20), ("c", 30)],
+    "oldest-past-the-limit": [("a", 10), ("b", 10), ("c", 10), ("d", 10), ("e", 10)],
+    "file-bodies": [("a", 100_000), ("b", 10), ("a", 200_000)],
+    "beyond-max-object": [("a", MAX_OBJECT + 1), ("b", 10)],
+}
+
+
+@pytest.mark.parametrize("commits", COMMITS.values(), ids=COMMITS.keys())
+async def test_a_commit_leaves_the_keys_list_as_the_disk_holds_it(
+    directory: Path, a: TieredStore, monkeypatch: pytest.MonkeyPatch, commits: list[tuple[str, int]]
+) -> None:
+    monkeypatch.setattr("edgeproxy.store.disk.MAX_VARIANTS", 3)
+    cold = await open_tiered(directory)  # reads the disk: nothing of a's memory
+    try:
+        for n, (selection, size) in enumerate(commits):
+            entry = make_entry(URL, vary=("x",), secondary=(selection,), request_time=T0 + n)
+            stored = await put(a, entry, body_of(size, seed=n))
+            calls = DiskCalls(monkeypatch, a)
+            hot = await a.lookup(URL)
+            assert calls.calls == []  # from memory, left there by the commit
+            on_disk = await cold.disk.lookup(URL)
+            assert [e.variant for e in hot] == [e.variant for e in on_disk]
+            assert hot == on_disk and hot[-1] == stored
+            assert (a.hot_body(stored) is not None) == (size <= MAX_OBJECT)
+    finally:
+        await cold.close()
+
+
+async def test_commits_of_one_key_batched_together_leave_the_last_list(
+    directory: Path, a: TieredStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Inline bodies arriving together commit in one transaction; each
+    # commit's list is true when made, but each began before the others'
+    # records: none may fill memory, and the next lookup reads the disk.
+    entries = [make_entry(URL, vary=("x",), secondary=(s,)) for s in ("a", "b", "a", "c")]
+    stored = await asyncio.gather(*(put(a, e, body_of(10, seed=i)) for i, e in enumerate(entries)))
+    calls = DiskCalls(monkeypatch, a)
+    hot = await a.lookup(URL)
+    cold = await open_tiered(directory)
+    try:
+        on_disk = await cold.disk.lookup(URL)
+    finally:
+        await cold.close()
+    assert hot == on_disk
+    assert {e.variant for e in hot} == {stored[1].variant, stored[2].variant, stored[3].variant}
+    assert calls.calls == ["lookup"]
 
 
 @pytest.mark.parametrize(
@@ -344,6 +400,7 @@ async def test_a_lookup_overtaken_by_a_purge_does_not_fill_memory(
 ) -> None:
     stored = await put(a, make_entry(URL, request_time=clock()), b"body")
     await put(a, make_entry(OTHER))
+    a.drop_memory()  # the commits left URL hot: its lookup must go to the disk
     await warm(a, OTHER)
     gate = Gate(monkeypatch, a, "lookup")
     pending = asyncio.create_task(a.lookup(URL))
@@ -383,6 +440,7 @@ async def test_a_local_lookup_overtaken_by_a_local_commit_does_not_fill_memory(
     a: TieredStore, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     first = await put(a, make_entry(URL, request_time=clock()), b"one")
+    a.drop_memory()  # the commit left it hot: this lookup must go to the disk
     gate = Gate(monkeypatch, a, "lookup")
     pending = asyncio.create_task(a.lookup(URL))
     await gate.read.wait()
