@@ -85,6 +85,7 @@ from typing import IO, Any, Generic, Literal, TypeVar
 
 import diskcache
 
+from edgeproxy import jsontext
 from edgeproxy.policy.entry import CorruptEntry, Entry, entry_from_dict
 from edgeproxy.purge import (
     Purge,
@@ -246,7 +247,43 @@ def _ban_target(kind: str, value: str) -> Target:
 
 
 def _vary_id(entry: Entry) -> str:
-    return json.dumps([list(entry.vary), list(entry.secondary)], separators=(",", ":"))
+    return jsontext.dumps_exact([list(entry.vary), list(entry.secondary)])
+
+
+class _Bans:
+    """The bans a write transaction checks what it stores against: whether a
+    purge issued after an entry's request_time covers it. Read once a
+    transaction (two statements, not two an entry): it holds the write lock,
+    so no purge adds one meanwhile. `since`: the earliest request_time it
+    will be asked about."""
+
+    __slots__ = ("_bans", "_horizon")
+
+    def __init__(self, sql: Sql, since: float) -> None:
+        row = sql("SELECT value FROM edge_meta WHERE name = 'ban_horizon'").fetchone()
+        self._horizon: float | None = None if row is None else row[0]
+        self._bans: list[tuple[str, str, int, float]] = sql(
+            "SELECT kind, value, soft, issued_at FROM edge_bans WHERE issued_at > ?", (since,)
+        ).fetchall()
+
+    def verdict(self, key: str, tags: Sequence[str], request_time: float) -> Verdict:
+        if self._horizon is not None and request_time < self._horizon:
+            return "hard"  # it may have raced a ban we no longer keep
+        verdict: Verdict = None
+        for kind, value, soft, issued_at in self._bans:
+            if issued_at > request_time and matches(_ban_target(kind, value), key, tags):
+                if not soft:
+                    return "hard"
+                verdict = "soft"
+        return verdict
+
+
+def _admissible(entry: Entry, bans: _Bans) -> Entry:
+    """`entry` as bans let it be stored (soft-purged maybe); Banned if not at all."""
+    verdict = bans.verdict(entry.key, entry.tags, entry.request_time)
+    if verdict == "hard":
+        raise Banned(f"{entry.key}: a purge was issued while this response was fetched")
+    return entry.with_changes(soft_purged=True) if verdict == "soft" else entry
 
 
 def _tags(entry: Entry) -> list[str]:
@@ -255,7 +292,7 @@ def _tags(entry: Entry) -> list[str]:
 
 def _decode(variant: str, soft: int, meta: Any) -> Entry:
     try:
-        entry = entry_from_dict(json.loads(meta))
+        entry = entry_from_dict(jsontext.loads(meta))
     except (ValueError, TypeError) as e:  # CorruptEntry is a ValueError
         raise CorruptEntry(str(e)) from e
     if entry.variant != variant:
@@ -615,7 +652,7 @@ class DiskStore:
         self._cache.delete(BODY + variant)
 
     def _insert(self, sql: Sql, entry: Entry) -> None:
-        meta = json.dumps(entry.to_dict(), separators=(",", ":"))
+        meta = jsontext.dumps(entry.to_dict())
         cur = sql(
             "INSERT INTO edge_variants (variant, key, vary, soft, meta) VALUES (?, ?, ?, ?, ?)",
             (entry.variant, entry.key, _vary_id(entry), int(entry.soft_purged), meta),
@@ -644,20 +681,6 @@ class DiskStore:
                 for vid, variant in bad:
                     self._drop(sql, vid, variant)
         return out
-
-    def _ban(self, sql: Sql, key: str, tags: Sequence[str], request_time: float) -> Verdict:
-        """Whether a purge issued after `request_time` covers this entry."""
-        row = sql("SELECT value FROM edge_meta WHERE name = 'ban_horizon'").fetchone()
-        if row is not None and request_time < row[0]:
-            return "hard"  # it may have raced a ban we no longer keep
-        verdict: Verdict = None
-        bans = sql("SELECT kind, value, soft FROM edge_bans WHERE issued_at > ?", (request_time,))
-        for kind, value, soft in bans:
-            if matches(_ban_target(kind, value), key, tags):
-                if not soft:
-                    return "hard"
-                verdict = "soft"
-        return verdict
 
     # -- Store protocol: reads -----------------------------------------------
 
@@ -787,33 +810,34 @@ class DiskStore:
         `then()` (the hot tier's publish), even if it failed."""
         try:
             with self._txn() as sql:
-                return [self._update_row(sql, u.entry) for u in batch]
+                bans = _Bans(sql, min(u.entry.request_time for u in batch))
+                return [self._update_row(sql, u.entry, bans) for u in batch]
         finally:
             for u in batch:
                 if u.then is not None:
                     u.then()
 
-    def _update_row(self, sql: Sql, entry: Entry) -> Entry | None:
-        row = sql(
-            "SELECT id FROM edge_variants WHERE variant = ? AND key = ?",
+    def _update_row(self, sql: Sql, entry: Entry, bans: _Bans) -> Entry | None:
+        # The row and its tags in one statement: a refresh is two, with the UPDATE.
+        rows = sql(
+            "SELECT v.id, t.tag FROM edge_variants v LEFT JOIN edge_tags t ON t.vid = v.id"
+            " WHERE v.variant = ? AND v.key = ?",
             (entry.variant, entry.key),
-        ).fetchone()
-        if row is None:
+        ).fetchall()
+        if not rows:
             return None
-        (vid,) = row
-        verdict = self._ban(sql, entry.key, entry.tags, entry.request_time)
+        vid = rows[0][0]
+        verdict = bans.verdict(entry.key, entry.tags, entry.request_time)
         if verdict == "hard":
             self._drop(sql, vid, entry.variant)
             return None
         if verdict == "soft":
             entry = entry.with_changes(soft_purged=True)
-        meta = json.dumps(entry.to_dict(), separators=(",", ":"))
         sql(
             "UPDATE edge_variants SET vary = ?, soft = ?, meta = ? WHERE id = ?",
-            (_vary_id(entry), int(entry.soft_purged), meta, vid),
+            (_vary_id(entry), int(entry.soft_purged), jsontext.dumps(entry.to_dict()), vid),
         )
-        old = [t for (t,) in sql("SELECT tag FROM edge_tags WHERE vid = ?", (vid,))]
-        if set(old) != set(_tags(entry)):
+        if {t for _, t in rows if t is not None} != set(_tags(entry)):
             sql("DELETE FROM edge_tags WHERE vid = ?", (vid,))
             self._insert_tags(sql, entry, vid)
         return entry
@@ -882,7 +906,8 @@ class DiskStore:
             if evicted:  # committed by diskcache's own transaction
                 self._evicted(evicted)
             with self._txn() as sql:
-                entry, _, listed = self._index(sql, entry, body_key, None, watch)
+                bans = _Bans(sql, entry.request_time)
+                entry, _, listed = self._index(sql, (entry, bans), body_key, None, watch)
         except BaseException:
             with contextlib.suppress(*LOW_ERRORS):
                 self._cache.delete(body_key)
@@ -892,12 +917,18 @@ class DiskStore:
         return entry
 
     def _index(
-        self, sql: Sql, entry: Entry, body_key: str, inline: bytes | None, watch: bool
+        self,
+        sql: Sql,
+        admitting: tuple[Entry, _Bans],
+        body_key: str,
+        inline: bytes | None,
+        watch: bool,
     ) -> tuple[Entry, list[str], list[Entry]]:
-        """In a transaction: index `entry` (its body stored already, or
-        `inline` here, nested in it); the entry as stored, the keys the
-        body's set evicted and the key's variants after it (`_siblings`)."""
-        entry = self._admissible(sql, entry)
+        """In a transaction: index the entry (its body stored already, or
+        `inline` here, nested in it) as the transaction's bans admit it; the
+        entry as stored, the keys the body's set evicted and the key's
+        variants after it (`_siblings`)."""
+        entry = _admissible(*admitting)
         evicted = self._set_body(body_key, inline, watch) if inline is not None else []
         present = sql("SELECT 1 FROM Cache WHERE key = ? AND raw = 1", (body_key,))
         if present.fetchone() is None:
@@ -946,11 +977,12 @@ class DiskStore:
         listings: list[list[Entry]] = []
         evicted: list[str] = []
         with self._txn() as sql:
+            bans = _Bans(sql, min(c.entry.request_time for c in batch))
             for c in batch:
                 sql("SAVEPOINT edge_inline")
                 try:
                     entry, notes, listed = self._index(
-                        sql, c.entry, BODY + c.entry.variant, c.data, watch
+                        sql, (c.entry, bans), BODY + c.entry.variant, c.data, watch
                     )
                 except (Banned, StoreError) as e:
                     sql("ROLLBACK TO edge_inline")
@@ -977,13 +1009,6 @@ class DiskStore:
             return 0
         size: int = getattr(self._opened.disk, "min_file_size", 0)
         return size
-
-    def _admissible(self, sql: Sql, entry: Entry) -> Entry:
-        """`entry` as bans let it be stored (soft-purged maybe); Banned if not at all."""
-        verdict = self._ban(sql, entry.key, entry.tags, entry.request_time)
-        if verdict == "hard":
-            raise Banned(f"{entry.key}: a purge was issued while this response was fetched")
-        return entry.with_changes(soft_purged=True) if verdict == "soft" else entry
 
     def _min_file_size(self) -> int:
         """Below this diskcache stores a bytes value inline in SQLite, no file."""

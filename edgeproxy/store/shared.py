@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import math
 from collections.abc import AsyncIterator, Callable
@@ -40,6 +39,7 @@ from typing import Any
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
+from edgeproxy import jsontext
 from edgeproxy.policy.entry import CorruptEntry, Entry, entry_from_dict
 from edgeproxy.policy.settings import CachePolicy
 from edgeproxy.policy.stale import keep_until
@@ -111,7 +111,7 @@ def _b(s: str) -> bytes:
 
 def vary_id(entry: Entry) -> str:
     """What a new response replaces (RFC 9111 section 4.1): same Vary names and values."""
-    ident = json.dumps([list(entry.vary), list(entry.secondary)], separators=(",", ":"))
+    ident = jsontext.dumps_exact([list(entry.vary), list(entry.secondary)])
     return hashlib.sha1(_b(ident)).hexdigest()
 
 
@@ -176,7 +176,7 @@ class SharedTier:
 
     async def write(self, entry: Entry, body: bytes, ttl: float) -> None:
         m = member(entry.key, vary_id(entry))
-        meta = json.dumps(entry.to_dict(), separators=(",", ":"))
+        meta = jsontext.dumps(entry.to_dict())
         keys = [self.index, self.vkey(m), *(self.tag_key(t) for t in dict.fromkeys(entry.tags))]
         await self._write(keys=keys, args=[m, meta, body, max(1, int(ttl * 1000))])
 
@@ -263,7 +263,7 @@ class SharedTierStore:
     async def _copy_in(self, key: str, meta: bytes, body: bytes) -> Entry | None:
         """A shared variant into the local store; None if unreadable or banned here."""
         try:
-            entry = entry_from_dict(json.loads(meta))
+            entry = entry_from_dict(jsontext.loads(meta))
         except (ValueError, RecursionError, CorruptEntry) as e:
             log.warning("shared tier: unreadable entry for %s dropped: %s", key, e)
             self._spawn(self._forget(key, None), "shared tier drop")

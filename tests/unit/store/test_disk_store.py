@@ -472,10 +472,10 @@ async def test_a_refresh_that_fails_fails_alone(
     stored = [await put(store, make_entry(f"http://c.example/{i}")) for i in range(6)]
     real = store._update_row
 
-    def broken_for_3(sql: Any, entry: Entry) -> Any:
+    def broken_for_3(sql: Any, entry: Entry, bans: Any) -> Any:
         if entry.key.endswith("/3"):
             raise sqlite3.IntegrityError("not this one")  # an error, not a disk fault
-        return real(sql, entry)
+        return real(sql, entry, bans)
 
     monkeypatch.setattr(store, "_update_row", broken_for_3)
     got = await asyncio.gather(
@@ -485,6 +485,46 @@ async def test_a_refresh_that_fails_fails_alone(
     assert [type(g).__name__ for g in got] == ["Entry"] * 3 + ["StoreError"] + ["Entry"] * 2
     (kept,) = await store.lookup("http://c.example/5")
     assert kept.response_time == T0 + 9
+
+
+# Refreshes batched in one transaction read the bans once (disk._Bans), yet
+# each is judged by the purges issued after its own request: (URL, request
+# time of the refresh) -> what the disk keeps. A hard purge of /a at T0 + 5,
+# a soft one of tag "s" at T0 + 7.
+REFRESHES = [
+    ("http://e.example/a", T0 + 4, None),  # fetched before the purge: dropped
+    ("http://e.example/a2", T0 + 4, "kept"),  # not its URL
+    ("http://e.example/b", T0 + 6, "soft"),  # tagged s, fetched before the soft purge
+    ("http://e.example/b2", T0 + 8, "kept"),  # tagged s, after it
+    ("http://e.example/c", T0 + 6, "kept"),  # untagged
+]
+
+
+async def test_refreshes_in_one_batch_each_meet_the_bans_after_their_own_request(
+    store: DiskStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stored = [
+        await put(store, make_entry(url, tags=("s",) if "/b" in url else ()))
+        for url, _, _ in REFRESHES
+    ]
+    await store.purge(Purge(PurgeURL("http://e.example/a"), issued_at=T0 + 5))
+    # Stored anew after the purge; its refresh below was asked before it.
+    stored[0] = await put(store, make_entry("http://e.example/a", request_time=T0 + 5.5))
+    await store.purge(Purge(PurgeTags(("s",)), soft=True, issued_at=T0 + 7))
+    batches = count_batches(store, "_update_batch", monkeypatch)
+    got = await asyncio.gather(
+        *(
+            store.update_stored(e.with_changes(request_time=t, response_time=t, soft_purged=False))
+            for e, (_, t, _) in zip(stored, REFRESHES, strict=True)
+        )
+    )
+    assert len(batches) < len(REFRESHES)  # some shared a transaction
+    for (url, _, want), g in zip(REFRESHES, got, strict=True):
+        back = await store.lookup(url)
+        if want is None:
+            assert g is None and back == [], url
+        else:
+            assert g is not None and [e.soft_purged for e in back] == [want == "soft"], url
 
 
 async def test_small_bodies_arriving_together_commit_in_one_transaction(
