@@ -308,7 +308,7 @@ class Relay(Responder, UpstreamClient):
             return None, None, "too-big"
         entry = stored_entry(
             (self.key, self.route, self.cfg),
-            (upstream.status, fields_in, upstream.headers),
+            (upstream.status, storable_fields(fields_in), upstream.headers),
             self.request.headers,
             (request_time, response_time),
             plan,
@@ -395,23 +395,24 @@ class Relay(Responder, UpstreamClient):
 
 def stored_entry(
     where: tuple[str, Route, Config],
-    response: tuple[int, Headers, Headers],
+    response: tuple[int, CIMultiDict[str], Headers],
     request: Headers,
     times: tuple[float, float],
     plan: TransformPlan,
 ) -> Entry:
     """The entry a relayed response is stored as (its body size comes at the
     commit): `where` the key, route and config; `response` its status, its
-    fields as relayed (`_relayed_fields`) and as the origin sent them (for
-    the surrogate keys); `request` the client's fields (Vary's secondary
-    key, RFC 9111 section 4.1); `times` request and response time (4.2.3)."""
+    fields as kept (`storable_fields` of those relayed: the entry takes this
+    very dict, with a Date added if it has none) and as the origin sent them
+    (for the surrogate keys); `request` the client's fields (Vary's
+    secondary key, RFC 9111 section 4.1); `times` request and response time
+    (4.2.3)."""
     key, route, cfg = where
-    status, fields_in, origin_fields = response
+    status, fields, origin_fields = response
     request_time, response_time = times
-    fields = storable_fields(fields_in)
     if "date" not in fields:
         fields["Date"] = format_http_date(response_time)  # RFC 9110 section 6.6.1
-    names = vary_names(fields_in)
+    names = vary_names(fields)
     return Entry(
         key=key,
         status=status,

@@ -444,6 +444,12 @@ class OriginResponse:
 
     # -- what the proxy uses ---------------------------------------------------
 
+    @property
+    def arrived(self) -> bool:
+        """The whole response is in (its body buffered, none of it read
+        yet or not): reading it will not wait."""
+        return self._complete and self._error is None
+
     async def iter_chunked(self, n: int) -> AsyncIterator[bytes]:
         """The body as it arrives, in pieces of at most `n` bytes."""
         chunks = self._chunks

@@ -42,7 +42,7 @@ from edgeproxy.config import Route
 from edgeproxy.errors import EdgeError
 from edgeproxy.fill import store_log_level, stored_entry
 from edgeproxy.forwarding import storable_fields, via_value
-from edgeproxy.h1client import UpstreamResponse
+from edgeproxy.h1client import OriginResponse, UpstreamResponse
 from edgeproxy.http.accept_encoding import request_coding
 from edgeproxy.http.cache_control import response_cache_control
 from edgeproxy.http.cache_status import CacheStatus, Fwd
@@ -86,6 +86,11 @@ def miss(edge: EdgeState, where: tuple[Snapshot, Route, str, str], asked: Asked)
     if edge.flights.get(key) is not None:
         return None  # a fill under way: the full path joins it
     return Miss(edge, where, asked)
+
+
+def _arrived(upstream: UpstreamResponse) -> bool:
+    """Whether the whole response is in already (h1client's; aiohttp's don't say)."""
+    return isinstance(upstream, OriginResponse) and upstream.arrived
 
 
 class Miss(WireJob):
@@ -226,8 +231,11 @@ class Miss(WireJob):
         held = b""
         sent = 0  # body bytes written to the client, for the access log
         # A body-less one is complete with its head: that waits for the commit.
+        # So does the head of a body that came with it (most small ones): the
+        # head goes with the first chunk written, for a body of one chunk
+        # with it after the commit, in one write, one packet.
         head = answer[0]
-        if length and not transport.is_closing():
+        if length and not _arrived(upstream) and not transport.is_closing():
             transport.write(head)
             head = b""
         try:
@@ -238,7 +246,8 @@ class Miss(WireJob):
                 if writer is not None and writer.size == length:
                     held = chunk  # the last one: sent after the commit
                 elif not transport.is_closing():
-                    transport.write(chunk)
+                    transport.write(head + chunk if head else chunk)
+                    head = b""
                     sent += len(chunk)
                 elif flight is None or not flight.waiters:
                     return await self._abandon(writer, upstream, trip)
