@@ -150,6 +150,26 @@ class MemoryTier:
         hot.meta_bytes = metadata_size(key, hot.entries)
         self._account(key, hot)
 
+    def refresh(self, key: str, entry: Entry) -> bool:
+        """Replace the listed entry of `entry`'s variant (a 304 freshened it),
+        keeping its body; False if the key or that variant is not listed."""
+        hot = self._keys.get(key)
+        if hot is None or hot.entries is None:
+            return False
+        entries = hot.entries  # our own list: readers get copies (`entries`)
+        for i, e in enumerate(entries):
+            if e.variant == entry.variant:
+                entries[i] = entry
+                break
+        else:
+            return False
+        built = hot.built.pop(entry.variant, None)  # built from the old entry
+        if built is not None:
+            hot.built_bytes -= built_size(built[2])
+        hot.meta_bytes = metadata_size(key, entries)
+        self._account(key, hot)
+        return True
+
     def put_body(self, key: str, key_hash: int, variant: str, data: bytes) -> Body | None:
         """Keep one variant's body if it is small enough; the kept Body, or None."""
         if len(data) > self.max_object:

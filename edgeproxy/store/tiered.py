@@ -110,9 +110,11 @@ class TieredStore:
 
     # -- generation records ---------------------------------------------------
 
-    def _sync(self) -> None:
+    def _sync(self, own: int = 0) -> None:
         """Apply the records published since the last call: one memory read
-        when there are none (every read path starts here)."""
+        when there are none (every read path starts here). Record `own` is
+        noted but drops nothing: its writer applies it to memory itself
+        (`_published`)."""
         current: int = self._counter[0]
         if current != self._seen:
             changes = self._gen.changes(self._seen, current)
@@ -126,7 +128,8 @@ class TieredStore:
                         self._mem.clear()
                         self._all_at = g
                         continue
-                    self._mem.drop_hash(h)
+                    if g != own:
+                        self._mem.drop_hash(h)
                     named[h] = (g, named.get(h, _NONE)[0])
                 if len(named) > _NAMED_MAX:
                     self._forget(current)
@@ -175,14 +178,17 @@ class TieredStore:
 
         return await asyncio.shield(write())
 
-    def _published(self, published: _Publisher) -> None:
-        """On the loop, after a pool job that published through `published`."""
+    def _published(self, published: _Publisher, applying: bool = False) -> None:
+        """On the loop, after a pool job that published through `published`.
+        `applying`: the caller applies that record to memory itself, at once
+        (replacing what it changed, or dropping the key), rather than have
+        the key dropped here and put back."""
         if published.error is not None:
             self._mem.clear()  # at least this worker forgets
             raise StoreError(
                 f"publishing a change to the other workers: {published.error}"
             ) from published.error
-        self._sync()
+        self._sync(published.number if applying else 0)
 
     def _evicted(self, keys: list[str]) -> None:
         # DiskStore.on_evict: on its pool thread, after the eviction committed.
@@ -312,20 +318,25 @@ class TieredStore:
         published = _Publisher(self._gen, h)
         try:
             stored = await self._disk.update_stored(entry, then=published)
-        finally:
+        except BaseException:
             self._published(published)  # drops the key here, as in every worker
-        if stored is None:
-            return False
+            raise
+        self._published(published, applying=True)
         # The disk now holds `stored` in place of the variant it updated
         # (a 304's refresh, RFC 9111 section 4.3.4). If nobody else changed
         # the key meanwhile, this tier keeps what it held with that one
-        # entry replaced: the next hit of a revalidated key is a memory hit,
-        # not two pool hops (lookup, body) back to the disk.
-        if (
-            listed is not None
-            and any(e.variant == stored.variant for e in listed)
-            and self._admit(h, since, published.number)
-        ):
+        # entry replaced, its body kept: the next hit of a revalidated key is
+        # a memory hit, not two pool hops (lookup, body) back to the disk.
+        # In place if the key is still there; if a read synced our record
+        # first (it dropped the key), from what was held before the await.
+        # Otherwise the key goes, as the record says.
+        if stored is None or not self._admit(h, since, published.number):
+            self._mem.drop_hash(h)
+            return stored is not None
+        if self._mem.refresh(key, stored):
+            return True
+        self._mem.drop_hash(h)
+        if listed is not None and any(e.variant == stored.variant for e in listed):
             self._mem.put_entries(
                 key, h, [stored if e.variant == stored.variant else e for e in listed]
             )
@@ -388,13 +399,15 @@ class TieredWriter(CopyingWriter):
         # Banned / StoreError: memory untouched, nothing published. Committed:
         # the record goes out in the commit's own pool job (DiskWriter.commit).
         stored = await self._disk_writer.commit(entry, then=then)
-        tier._published(published)
+        tier._published(published, applying=True)
         if tier._admit(h, since, published.number):
             # The key's variants as the disk now lists them: the next request
             # is a memory hit, not a lookup back to the disk (as `update`).
             tier._mem.put_entries(key, h, listed)
             if chunks is not None:
                 tier._mem.put_body(key, h, stored.variant, b"".join(chunks))
+        else:
+            tier._mem.drop_hash(h)  # what the record says, to every worker
         return stored
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from edgeproxy.policy.entry import Entry
@@ -126,7 +126,7 @@ def test_prebuilt_is_kept_with_the_listed_entry_until_it_changes() -> None:
 # and never passes the bound.
 OPS = st.lists(
     st.tuples(
-        st.sampled_from(["entries", "body", "touch", "build", "drop", "drop_hash"]),
+        st.sampled_from(["entries", "body", "touch", "build", "refresh", "drop", "drop_hash"]),
         st.integers(0, 5),  # which key
         st.integers(0, 2),  # which variant
         st.integers(0, 300),  # body size
@@ -137,6 +137,7 @@ OPS = st.lists(
 
 @settings(max_examples=200, deadline=None)
 @given(OPS, st.integers(0, 40_000))
+@example([("entries", 0, 1, 0), ("build", 0, 1, 0), ("refresh", 0, 1, 7)], 40_000)
 def test_the_tally_matches_what_is_held(
     ops: list[tuple[str, int, int, int]], max_bytes: int
 ) -> None:
@@ -155,6 +156,12 @@ def test_the_tally_matches_what_is_held(
             for entry in found or listed(key, str(v)):
                 if entry.variant == str(v):
                     tier.prebuilt(entry, lambda e: [e.variant])
+        elif op == "refresh":  # a 304: the variant's entry replaced, its body kept
+            before = tier.body(key, str(v))
+            fresh = listed(key, str(v))[0].with_changes(request_time=float(size))
+            if tier.refresh(key, fresh):
+                assert fresh in (tier.listed(key) or [])
+                assert tier.body(key, str(v)) is before
         elif op == "drop":
             tier.drop_key(key)
         else:

@@ -590,6 +590,63 @@ async def test_an_update_keeps_the_key_hot_where_it_was_made(
     assert seen_by_b == merged
 
 
+async def _synced_first(a: TieredStore, b: TieredStore) -> None:
+    a.hot_entries(OTHER)  # a read syncs our record: it drops the key
+
+
+async def _refreshed_by_b(a: TieredStore, b: TieredStore) -> None:
+    [e] = await b.disk.lookup(URL)
+    await b.update(e.with_changes(response_time=e.response_time + 1))
+
+
+# While the refresh's disk job runs: (what happens, whether the key stays hot
+# in the worker that made it, whether in place: the very Body object kept).
+Meanwhile = Callable[[TieredStore, TieredStore], Awaitable[None]] | None
+MEANWHILE: dict[str, tuple[Meanwhile, bool, bool]] = {
+    "nothing": (None, True, True),
+    "a-read-synced-our-record": (_synced_first, True, False),  # put back as held
+    "another-worker-refreshed-it": (_refreshed_by_b, False, False),  # not ours to keep
+}
+
+
+@pytest.mark.parametrize("meanwhile", MEANWHILE.values(), ids=MEANWHILE.keys())
+async def test_what_an_update_leaves_hot(
+    a: TieredStore,
+    b: TieredStore,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+    meanwhile: tuple[Meanwhile, bool, bool],
+) -> None:
+    act, hot, in_place = meanwhile
+    stored = await put(a, make_entry(URL, request_time=clock()), b"body")
+    await put(a, make_entry(OTHER))
+    await warm(a)
+    await warm(a, OTHER)
+    clock.advance(5)
+    merged = stored.with_changes(request_time=clock(), response_time=clock())
+    body_before = a.hot_body(stored)
+    real = a.disk.update_stored
+
+    async def update_stored(entry: Entry, then: Any = None) -> Entry | None:
+        got = await real(entry, then)
+        if act is not None:
+            await act(a, b)
+        return got
+
+    monkeypatch.setattr(a.disk, "update_stored", update_stored)
+    assert await a.update(merged)
+    monkeypatch.undo()
+    disk = DiskCalls(monkeypatch, a)
+    found = await a.lookup(URL)
+    assert disk.calls == ([] if hot else ["lookup"])
+    assert found == await a.disk.lookup(URL)
+    assert (a.hot_body(found[0]) is body_before) == in_place
+    assert await read(a, found[0]) == b"body"
+    stats = a.memory_stats()
+    assert stats["memory_bodies"] == 2  # OTHER's, and URL's kept or read again
+    assert a._mem.nbytes == sum(x.nbytes for x in a._mem._keys.values())
+
+
 async def test_an_update_under_a_soft_purge_is_kept_as_the_disk_keeps_it(
     a: TieredStore, b: TieredStore, clock: FakeClock
 ) -> None:
