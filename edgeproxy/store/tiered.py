@@ -71,6 +71,10 @@ class TieredStore:
         self._floor = self._seen
         self._named: dict[int, tuple[int, int]] = {}
         self._all_at = 0
+        # Records this worker's own writes published whose writer has not yet
+        # applied them to memory (`_published`): _sync leaves their keys be,
+        # the writer replaces what it changed rather than have it dropped.
+        self._applying: set[int] = set()
         self._closed = False
         self.hits = 0  # lookups answered from memory
         self.misses = 0
@@ -110,11 +114,11 @@ class TieredStore:
 
     # -- generation records ---------------------------------------------------
 
-    def _sync(self, own: int = 0) -> None:
+    def _sync(self) -> None:
         """Apply the records published since the last call: one memory read
-        when there are none (every read path starts here). Record `own` is
-        noted but drops nothing: its writer applies it to memory itself
-        (`_published`)."""
+        when there are none (every read path starts here). A record of our
+        own writes is noted but drops nothing: its writer applies it to
+        memory itself (`_applying`, `_published`)."""
         current: int = self._counter[0]
         if current != self._seen:
             changes = self._gen.changes(self._seen, current)
@@ -122,13 +126,13 @@ class TieredStore:
                 self._mem.clear()
                 self._forget(current)
             else:
-                named = self._named
+                named, applying = self._named, self._applying
                 for g, h in changes:
                     if h == ALL:
                         self._mem.clear()
                         self._all_at = g
                         continue
-                    if g != own:
+                    if g not in applying:
                         self._mem.drop_hash(h)
                     named[h] = (g, named.get(h, _NONE)[0])
                 if len(named) > _NAMED_MAX:
@@ -182,13 +186,16 @@ class TieredStore:
         """On the loop, after a pool job that published through `published`.
         `applying`: the caller applies that record to memory itself, at once
         (replacing what it changed, or dropping the key), rather than have
-        the key dropped here and put back."""
+        the key dropped and put back; otherwise it is dropped here."""
         if published.error is not None:
             self._mem.clear()  # at least this worker forgets
             raise StoreError(
                 f"publishing a change to the other workers: {published.error}"
             ) from published.error
-        self._sync(published.number if applying else 0)
+        self._sync()  # our record, if not synced yet, is noted: it drops nothing
+        self._applying.discard(published.number)
+        if not applying and published.number:
+            self._mem.drop_hash(published.key_hash)  # if a _sync left it to us
 
     def _evicted(self, keys: list[str]) -> None:
         # DiskStore.on_evict: on its pool thread, after the eviction committed.
@@ -315,7 +322,7 @@ class TieredStore:
         key, h = entry.key, key_hash(entry.key)
         listed = self._mem.listed(key)
         body = self._mem.body(key, entry.variant)
-        published = _Publisher(self._gen, h)
+        published = _Publisher(self._gen, h, self._applying)
         try:
             stored = await self._disk.update_stored(entry, then=published)
         except BaseException:
@@ -389,7 +396,7 @@ class TieredWriter(CopyingWriter):
         tier = self._tier
         key = self._disk_writer.key
         h = key_hash(key)
-        published = _Publisher(tier._gen, h)
+        published = _Publisher(tier._gen, h, tier._applying)
         listed: list[Entry] = []
 
         def then(variants: list[Entry]) -> None:
@@ -398,7 +405,11 @@ class TieredWriter(CopyingWriter):
 
         # Banned / StoreError: memory untouched, nothing published. Committed:
         # the record goes out in the commit's own pool job (DiskWriter.commit).
-        stored = await self._disk_writer.commit(entry, then=then)
+        try:
+            stored = await self._disk_writer.commit(entry, then=then)
+        except BaseException:
+            tier._published(published)  # a record that went out drops the key
+            raise
         tier._published(published, applying=True)
         if tier._admit(h, since, published.number):
             # The key's variants as the disk now lists them: the next request
@@ -413,18 +424,25 @@ class TieredWriter(CopyingWriter):
 
 class _Publisher:
     """Publishes one key's record when called (on a pool thread, after a disk
-    write); keeps the record number, or the OSError for the loop to raise."""
+    write); keeps the record number, noted in `applying` until the loop
+    applies it (TieredStore._published), or the OSError for the loop to raise."""
 
-    __slots__ = ("_gen", "_hash", "error", "number")
+    __slots__ = ("_applying", "_gen", "error", "key_hash", "number")
 
-    def __init__(self, gen: Generation, h: int) -> None:
+    def __init__(self, gen: Generation, h: int, applying: set[int]) -> None:
         self._gen = gen
-        self._hash = h
+        self._applying = applying
+        self.key_hash = h
         self.number = 0
         self.error: OSError | None = None
 
     def __call__(self) -> None:
         try:
-            self.number = self._gen.publish([self._hash])
+            number = self._gen.publish([self.key_hash])
         except OSError as e:
             self.error = e
+            return
+        # A _sync that sees the record before this note drops the key, as for
+        # anyone's record: the writer then puts back what it held.
+        self._applying.add(number)
+        self.number = number

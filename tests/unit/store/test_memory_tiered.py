@@ -591,7 +591,15 @@ async def test_an_update_keeps_the_key_hot_where_it_was_made(
 
 
 async def _synced_first(a: TieredStore, b: TieredStore) -> None:
-    a.hot_entries(OTHER)  # a read syncs our record: it drops the key
+    a.hot_entries(OTHER)  # a read syncs our record: noted as ours, it drops nothing
+
+
+async def _synced_before_noted(a: TieredStore, b: TieredStore) -> None:
+    # A read on the loop between the pool thread's publish and its note of
+    # the record as ours: the read drops the key, as for anyone's record.
+    noted, a._applying = a._applying, set()
+    a.hot_entries(OTHER)
+    a._applying = noted
 
 
 async def _refreshed_by_b(a: TieredStore, b: TieredStore) -> None:
@@ -604,7 +612,8 @@ async def _refreshed_by_b(a: TieredStore, b: TieredStore) -> None:
 Meanwhile = Callable[[TieredStore, TieredStore], Awaitable[None]] | None
 MEANWHILE: dict[str, tuple[Meanwhile, bool, bool]] = {
     "nothing": (None, True, True),
-    "a-read-synced-our-record": (_synced_first, True, False),  # put back as held
+    "a-read-synced-our-record": (_synced_first, True, True),
+    "a-read-synced-it-before-noted": (_synced_before_noted, True, False),  # put back as held
     "another-worker-refreshed-it": (_refreshed_by_b, False, False),  # not ours to keep
 }
 
@@ -645,6 +654,34 @@ async def test_what_an_update_leaves_hot(
     stats = a.memory_stats()
     assert stats["memory_bodies"] == 2  # OTHER's, and URL's kept or read again
     assert a._mem.nbytes == sum(x.nbytes for x in a._mem._keys.values())
+
+
+async def test_updates_in_one_batch_each_stay_in_place(
+    a: TieredStore, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Refreshes batched in one transaction publish a record each: each
+    writer applies its own, none drops the others' keys."""
+    urls = [f"{URL}?k={i}" for i in range(4)]
+    stored = [await put(a, make_entry(u, request_time=clock()), b"body") for u in urls]
+    before = [a.hot_body(e) for e in stored]
+    assert all(before)
+    clock.advance(5)
+    batches: list[int] = []
+    real = a.disk._update_batch
+
+    def counted(batch: Any) -> Any:
+        batches.append(len(batch))
+        return real(batch)
+
+    monkeypatch.setattr(a.disk, "_update_batch", counted)
+    merged = [e.with_changes(request_time=clock(), response_time=clock()) for e in stored]
+    assert all(await asyncio.gather(*(a.update(m) for m in merged)))
+    assert max(batches) > 1
+    disk = DiskCalls(monkeypatch, a)
+    for m, body in zip(merged, before, strict=True):
+        assert await a.lookup(m.key) == [m]
+        assert a.hot_body(m) is body  # replaced in place, not dropped and put back
+    assert disk.calls == []
 
 
 async def test_an_update_under_a_soft_purge_is_kept_as_the_disk_keeps_it(
