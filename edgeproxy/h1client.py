@@ -47,7 +47,9 @@ HIGH_WATER = 256 * 1024  # buffered body bytes past which the socket is not read
 LOW_WATER = 64 * 1024
 
 # RFC 9110 section 5.5: no CR, LF or NUL (or other controls) in a field.
-_FORBIDDEN = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# Control characters a request head may not carry (tab aside), but CR and LF:
+# request_head counts those, as it writes one pair a line.
+_OTHER_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 # RFC 9110 section 9.2.2.
@@ -660,18 +662,29 @@ def request_head(
     aiohttp's client does.
     """
     parts = [method, " ", target, " HTTP/1.1\r\n"]
+    lines = 2 + len(headers)  # the CRLFs we write: request line, fields, the end
     if "host" not in headers:
         parts += ("Host: ", netloc, "\r\n")
+        lines += 1
     if "content-length" not in headers:
         if body:
             parts.append("Transfer-Encoding: chunked\r\n")
+            lines += 1
         elif method not in _NO_BODY_METHODS:
             parts.append("Content-Length: 0\r\n")
+            lines += 1
     for name, value in headers.items():
         parts += (name, ": ", value, "\r\n")
     parts.append("\r\n")
-    # Checked without the separators we add: what came in may hold none.
-    checked = "".join((method, target, *(f for item in headers.items() for f in item)))
-    if _FORBIDDEN.search(checked) is not None or " " in method or " " in target:
+    text = "".join(parts)
+    # Checked on the whole head at once: the CRs and LFs are ours alone (one
+    # of each a line), and no other control character came in.
+    if (
+        text.count("\n") != lines
+        or text.count("\r") != lines
+        or _OTHER_CONTROL.search(text) is not None
+        or " " in method
+        or " " in target
+    ):
         raise ValueError("forbidden control character in the request to the origin")
-    return "".join(parts).encode("utf-8", "surrogateescape")
+    return text.encode("utf-8", "surrogateescape")

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import re
 from typing import Any
 
 import httptools
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from multidict import CIMultiDict
 
@@ -254,6 +255,36 @@ def test_request_head_parses_back(method: str, target: str, fields: list[tuple[s
 def test_request_head_refuses_fields_that_would_split_it(name: str, value: str) -> None:
     with pytest.raises(ValueError):
         request_head("GET", "/", CIMultiDict({name: value}), "o")
+
+
+_OLD_RULE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_ANY_TEXT = st.text(st.sampled_from("aZ0 \t\r\n\x00\x0b\x1f\x7f:-\u00e9"), max_size=6)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    method=st.sampled_from(["GET", "POST", "G T", "GE\nT"]),
+    target=st.sampled_from(["/", "/a b", "/a\r", "/\x7f", "/x?y=\t"]),
+    fields=st.lists(st.tuples(_ANY_TEXT.filter(bool), _ANY_TEXT), max_size=4),
+    body=st.booleans(),
+)
+@example(method="GET", target="/", fields=[("X-A", "a\rb")], body=False)  # a lone CR
+@example(method="GET", target="/", fields=[("X-A", "a\r\n")], body=False)  # a CRLF of its own
+def test_request_head_refuses_exactly_control_characters_that_came_in(
+    method: str, target: str, fields: list[tuple[str, str]], body: bool
+) -> None:
+    """Refused iff the method, target, a field name or value holds a control
+    character other than tab (CR and LF included: they would split the
+    request), or the method or target a space."""
+    came_in = "".join((method, target, *(f for pair in fields for f in pair)))
+    refused = _OLD_RULE.search(came_in) is not None or " " in method or " " in target
+    headers = CIMultiDict(fields)
+    if refused:
+        with pytest.raises(ValueError):
+            request_head(method, target, headers, "o", body)
+    else:
+        head = request_head(method, target, headers, "o", body)
+        assert head.endswith(b"\r\n\r\n")
 
 
 @pytest.mark.parametrize(
