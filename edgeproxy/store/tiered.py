@@ -445,4 +445,6 @@ class _Publisher:
         # A _sync that sees the record before this note drops the key, as for
         # anyone's record: the writer then puts back what it held.
         self._applying.add(number)
+        if self.number:  # called again (a failed batch's items retried alone)
+            self._applying.discard(self.number)  # the writer applies the last
         self.number = number

@@ -196,10 +196,12 @@ class Stack:
         port = free_port()
         cores = SERVER_CORE
         env = self._env()
-        if name == "edgeproxy":
+        if name in ("edgeproxy", "edgeproxy-mem"):
             # One process on its one core, like every reference (the default is
             # a worker per CPU, which would put two workers on core 0).
-            argv = self.edgeproxy_argv(port, "cache-edge", ["--workers", "1"])
+            # edgeproxy-mem: a second one, fresh, for the memory scenarios.
+            cache = "cache-mem" if name == "edgeproxy-mem" else "cache-edge"
+            argv = self.edgeproxy_argv(port, cache, ["--workers", "1"])
         elif name.startswith("edgeproxy-") and name.endswith("w"):
             workers = int(name.removeprefix("edgeproxy-").removesuffix("w"))
             argv = self.edgeproxy_argv(port, "cache-workers", ["--workers", str(workers)])

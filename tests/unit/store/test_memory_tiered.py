@@ -8,6 +8,7 @@ invisible in the other's memory by the time the write's call returned.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -682,6 +683,32 @@ async def test_updates_in_one_batch_each_stay_in_place(
         assert await a.lookup(m.key) == [m]
         assert a.hot_body(m) is body  # replaced in place, not dropped and put back
     assert disk.calls == []
+
+
+async def test_a_failed_batch_of_updates_leaves_no_record_to_apply(
+    a: TieredStore, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch that fails is retried entry by entry, and its publishes run
+    again: every record this worker noted as its own is applied, none left."""
+    urls = [f"{URL}?k={i}" for i in range(4)]
+    stored = [await put(a, make_entry(u, request_time=clock()), b"body") for u in urls]
+    real = a.disk._update_row
+
+    def broken_for_2(sql: Any, entry: Entry, bans: Any) -> Any:
+        if entry.key.endswith("k=2"):
+            raise sqlite3.IntegrityError("not this one")
+        return real(sql, entry, bans)
+
+    monkeypatch.setattr(a.disk, "_update_row", broken_for_2)
+    clock.advance(5)
+    merged = [e.with_changes(request_time=clock(), response_time=clock()) for e in stored]
+    got = await asyncio.gather(*(a.update(m) for m in merged), return_exceptions=True)
+    assert [type(g).__name__ for g in got] == ["bool", "bool", "StoreError", "bool"]
+    assert a._applying == set()
+    monkeypatch.undo()
+    for i, m in enumerate(merged):
+        assert await a.lookup(m.key) == await a.disk.lookup(m.key)
+        assert (await a.lookup(m.key) == [m]) == (i != 2)
 
 
 async def test_an_update_under_a_soft_purge_is_kept_as_the_disk_keeps_it(
