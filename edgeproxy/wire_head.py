@@ -108,12 +108,13 @@ class WireHead:
 
 
 def _as_sent(
-    fields: CIMultiDict[str], status: int, length: int | None
+    fields: CIMultiDict[str], status: int, length: int | None, checked: bool = True
 ) -> tuple[str, CIMultiDict[str]] | None:
     """The status line and fields aiohttp would send for `status` (`length`:
     the body's Content-Length, None for a 304), or None if it would not send
     them as they are: aiohttp adds Date when there is none (and with its own
-    clock), and refuses CR or LF in a field."""
+    clock), and refuses CR or LF in a field (`checked`: here, else by the
+    caller)."""
     headers = CIMultiDict(fields)
     if length is not None:
         headers["Content-Length"] = str(length)  # StreamResponse.content_length does this
@@ -123,23 +124,27 @@ def _as_sent(
         phrase = HTTPStatus(status).phrase
     except ValueError:
         return None
-    for name, value in headers.items():
-        if "\r" in name or "\n" in name or "\r" in value or "\n" in value:
-            return None
+    if checked:
+        for name, value in headers.items():
+            if "\r" in name or "\n" in name or "\r" in value or "\n" in value:
+                return None
     return f"HTTP/1.1 {status} {phrase}\r\n", headers
 
 
 def response_head(fields: CIMultiDict[str], status: int, length: int | None) -> bytes | None:
     """A whole response head (a relayed one: no per-request gaps), as
     aiohttp would send it, or None where it would not (`_as_sent`)."""
-    sent = _as_sent(fields, status, length)
+    sent = _as_sent(fields, status, length, checked=False)
     if sent is None:
         return None
     line, headers = sent
+    text = line + "".join([f"{name}: {value}\r\n" for name, value in headers.items()]) + "\r\n"
+    # CR and LF only where we put them (one pair a line): none in a field.
+    lines = len(headers) + 2
+    if text.count("\r") != lines or text.count("\n") != lines:
+        return None
     try:
-        return (
-            line + "".join(f"{name}: {value}\r\n" for name, value in headers.items()) + "\r\n"
-        ).encode("utf-8")
+        return text.encode("utf-8")
     except UnicodeEncodeError:  # aiohttp would fail on it too: the full path's
         return None
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+from http import HTTPStatus
 from types import MappingProxyType
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -15,7 +16,7 @@ from edgeproxy.config import Config, OriginConfig, PathMatch, Route, RouteMatch
 from edgeproxy.policy.entry import Entry
 from edgeproxy.state import Snapshot
 from edgeproxy.wire import _RouteMemo
-from edgeproxy.wire_head import WireHead, wire_head
+from edgeproxy.wire_head import WireHead, response_head, wire_head
 
 DATE = "Thu, 01 Jan 2026 00:00:00 GMT"
 VALUES = (b"7", b"edgeproxy; hit; ttl=3", b"rid")
@@ -261,3 +262,47 @@ def test_redated_is_a_fresh_build(
     got = first.redated(stored(stored_fields), stored(after_stored))
     assert got is not None
     assert got.render(VALUES) == fresh.render(VALUES)
+
+
+def _head_as_aiohttp_sends(
+    fields: CIMultiDict[str], status: int, length: int | None
+) -> bytes | None:
+    """response_head's rule, written plainly: aiohttp's head for these
+    fields, or None where it would not send them as they are."""
+    headers = CIMultiDict(fields)
+    if length is not None:
+        headers["Content-Length"] = str(length)
+    if "Date" not in headers:
+        return None
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        return None
+    if any(c in k or c in v for k, v in headers.items() for c in "\r\n"):
+        return None
+    text = f"HTTP/1.1 {status} {phrase}\r\n"
+    text += "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+
+
+_FIELD_TEXT = st.text(st.sampled_from("aZ09 -:;\t\r\n\u00e9\udc80"), max_size=5)
+
+
+@given(
+    fields=st.lists(
+        st.tuples(st.sampled_from(["Date", "ETag", "X-A", "content-length"]), _FIELD_TEXT),
+        max_size=5,
+    ),
+    status=st.sampled_from([200, 203, 299, 404]),
+    length=st.none() | st.integers(0, 5000),
+)
+@example(fields=[("Date", "d"), ("X-A", "a\rb")], status=200, length=3)  # a lone CR
+@example(fields=[("Date", "d\r\n")], status=200, length=None)
+def test_response_head_is_aiohttps_head(
+    fields: list[tuple[str, str]], status: int, length: int | None
+) -> None:
+    headers = CIMultiDict(fields)
+    assert response_head(headers, status, length) == _head_as_aiohttp_sends(headers, status, length)
