@@ -82,6 +82,11 @@ def combined(headers: Headers, name: str) -> str | None:
 
 def connection_named(headers: Headers) -> frozenset[str]:
     """Field names listed in Connection, lower-cased (RFC 9110 section 7.6.1)."""
+    lines = headers.getall("connection", ())
+    if len(lines) == 1:  # most often one token ("keep-alive", "close"): no list to parse
+        one = lines[0].strip(" \t")
+        if one and _TCHAR.issuperset(one):
+            return frozenset((one.lower(),))
     return frozenset(v.lower() for v in list_values(headers, "connection"))
 
 

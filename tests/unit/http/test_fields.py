@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from edgeproxy.http.fields import (
     HOP_BY_HOP,
@@ -126,6 +127,18 @@ def test_connection_named_is_case_insensitive_across_lines() -> None:
     h = hdrs([("Connection", "Keep-Alive, X-Trace"), ("connection", " close ,, X-TRACE")])
     assert connection_named(h) == {"keep-alive", "x-trace", "close"}
     assert connection_named(hdrs()) == frozenset()
+
+
+@given(
+    st.lists(st.text(st.sampled_from('aZ- \t,"\\;=!'), max_size=8), max_size=3),
+)
+@example(["keep-alive"])
+@example([" Close\t"])
+@example(['"x"'])
+def test_connection_named_is_the_lower_cased_list(lines: list[str]) -> None:
+    # One plain token is read without the list parser: the same names.
+    h = hdrs([("Connection", line) for line in lines])
+    assert connection_named(h) == frozenset(v.lower() for v in list_values(h, "connection"))
 
 
 @pytest.mark.parametrize("name", sorted(HOP_BY_HOP))
