@@ -108,13 +108,13 @@ class WireHead:
 
 
 def _as_sent(
-    fields: CIMultiDict[str], status: int, length: int | None, checked: bool = True
+    fields: CIMultiDict[str], status: int, length: int | None
 ) -> tuple[str, CIMultiDict[str]] | None:
     """The status line and fields aiohttp would send for `status` (`length`:
     the body's Content-Length, None for a 304), or None if it would not send
     them as they are: aiohttp adds Date when there is none (and with its own
-    clock), and refuses CR or LF in a field (`checked`: here, else by the
-    caller)."""
+    clock). It also refuses CR or LF in a field: its callers check that as
+    they render the fields."""
     headers = CIMultiDict(fields)
     if length is not None:
         headers["Content-Length"] = str(length)  # StreamResponse.content_length does this
@@ -124,17 +124,13 @@ def _as_sent(
         phrase = HTTPStatus(status).phrase
     except ValueError:
         return None
-    if checked:
-        for name, value in headers.items():
-            if "\r" in name or "\n" in name or "\r" in value or "\n" in value:
-                return None
     return f"HTTP/1.1 {status} {phrase}\r\n", headers
 
 
 def response_head(fields: CIMultiDict[str], status: int, length: int | None) -> bytes | None:
     """A whole response head (a relayed one: no per-request gaps), as
     aiohttp would send it, or None where it would not (`_as_sent`)."""
-    sent = _as_sent(fields, status, length, checked=False)
+    sent = _as_sent(fields, status, length)
     if sent is None:
         return None
     line, headers = sent
@@ -160,6 +156,8 @@ def wire_head(template: CIMultiDict[str], status: int, length: int | None) -> Wi
     order: list[int] = []
     gaps = {_AGE: 0, _STATUS: 1, _ID: 2}
     for name, value in headers.items():
+        if "\r" in name or "\n" in name or "\r" in value or "\n" in value:
+            return None  # aiohttp refuses it: the full path's
         gap = gaps.get(name.lower())
         if gap is None:
             text += f"{name}: {value}\r\n"
