@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 from blockbuster import BlockBuster, blockbuster_ctx
+from hypothesis import strategies as st
 
 
 class FakeClock:
@@ -19,6 +20,16 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+@pytest.fixture(scope="session", autouse=True)
+def text_strategies_ready() -> None:
+    """Hypothesis works out once per checkout (then caches it in .hypothesis/)
+    which characters its text strategies can draw: ~2 s on this machine.
+    Done before the first test, so that a test whose first st.text() is
+    drawn inside it (st.data()) isn't charged for it and failed as too slow,
+    as tests/unit/policy/test_entry.py was when run alone from a fresh clone."""
+    st.text().validate()
 
 
 @pytest.fixture
