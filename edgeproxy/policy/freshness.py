@@ -66,6 +66,16 @@ def _origin_lifetime(entry: Entry, policy: CachePolicy) -> float | None:
     return heuristic_lifetime(entry, policy)
 
 
+def lifetime_shrinks_with_date(entry: Entry) -> bool:
+    """Would a later Date shorten this entry's own freshness lifetime? Only
+    when Expires decides it (Expires - Date, 4.2.1); max-age and s-maxage
+    don't read Date, and the heuristic lifetime grows with it (4.2.2)."""
+    cc = entry.cache_control
+    if cc.seconds("s-maxage") is not None or cc.seconds("max-age") is not None:
+        return False
+    return expires_value(entry.fields, entry.targeted) is not None
+
+
 def heuristic_lifetime(entry: Entry, policy: CachePolicy) -> float | None:
     """Section 4.2.2: a fraction of the time since Last-Modified, capped.
 

@@ -9,6 +9,7 @@ from edgeproxy.http.dates import format_http_date
 from edgeproxy.http.etags import parse_etag
 from edgeproxy.http.fields import HOP_BY_HOP, Headers, connection_named
 from edgeproxy.policy.entry import Entry
+from edgeproxy.policy.freshness import lifetime_shrinks_with_date
 from edgeproxy.policy.transform import TransformPlan, origin_etag, transformed_fields
 
 # Client preconditions are evaluated by us after validation; the request we
@@ -111,4 +112,63 @@ def merge_304(entry: Entry, response: Headers, request_time: float, response_tim
         request_time=request_time,
         response_time=response_time,
         soft_purged=False,
+    )
+
+
+# What a 304 that changed nothing may still change: merge_304 sets a new Date
+# (the 304's own, or its receipt time) and the exchange's times.
+_TIMING_ONLY = "date"
+
+
+def _described(fields: Headers) -> list[tuple[str, str]]:
+    """The fields but Date, by name, each name's values in order: a merge
+    moves the fields a 304 carried to the end (order across names means
+    nothing; within one name it does, RFC 9110 section 5.3)."""
+    lines = [(k.lower(), v) for k, v in fields.items()]
+    return sorted(((k, v) for k, v in lines if k != _TIMING_ONLY), key=lambda kv: kv[0])
+
+
+def _same_but_date(a: Headers, b: Headers) -> bool:
+    if len(a) != len(b):
+        return False
+    # Line by line first: once a merge has moved the 304's fields to the
+    # end, the next merges keep that order.
+    for (ka, va), (kb, vb) in zip(a.items(), b.items(), strict=True):
+        if va != vb or ka != kb:
+            if ka.lower() == _TIMING_ONLY and kb.lower() == _TIMING_ONLY:
+                continue
+            return _described(a) == _described(b)
+    return True
+
+
+def changes_only_timing(stored: Entry, merged: Entry) -> bool:
+    """Did freshening `stored` with a 304 (merge_304) change nothing but when
+    it was validated: the same response, fields and all, with a Date and
+    request/response times no earlier than its own?
+
+    Then `stored` is never fresher than `merged`, at any time after: its
+    current age is no less (4.2.3: every term is measured from earlier
+    times), its freshness lifetime no longer (4.2.1: the fields that set it
+    are the same, and the one lifetime Date shortens, Expires - Date, is
+    ruled out), so its staleness (stale-while-revalidate, stale-if-error)
+    no less either. store/tiered.py lets the disk's copy trail the hot
+    tier's by a bounded time on that ground.
+    """
+    return (
+        stored.key == merged.key
+        and stored.variant == merged.variant
+        and stored.status == merged.status
+        and stored.soft_purged == merged.soft_purged
+        and stored.vary == merged.vary
+        and stored.secondary == merged.secondary
+        and stored.tags == merged.tags
+        and stored.route == merged.route
+        and stored.body_size == merged.body_size
+        and stored.targeted == merged.targeted
+        and stored.coding == merged.coding
+        and merged.request_time >= stored.request_time
+        and merged.response_time >= stored.response_time
+        and merged.date >= stored.date
+        and _same_but_date(stored.fields, merged.fields)
+        and not lifetime_shrinks_with_date(merged)
     )

@@ -51,6 +51,9 @@ class _Hot:
     meta_bytes: int = 0
     built: dict[str, tuple[object, object, Entry]] = field(default_factory=dict)
     built_bytes: int = 0
+    # Variants whose listed entry is newer than the disk's copy (a refresh
+    # kept in memory only): the response_time of the copy the disk holds.
+    unwritten: dict[str, float] | None = None
 
 
 def metadata_size(key: str, entries: list[Entry]) -> int:
@@ -137,8 +140,16 @@ class MemoryTier:
 
     # -- writes -------------------------------------------------------------
 
-    def put_entries(self, key: str, key_hash: int, entries: list[Entry]) -> None:
-        """Keep the key's variant list; bodies of variants no longer listed go."""
+    def put_entries(
+        self,
+        key: str,
+        key_hash: int,
+        entries: list[Entry],
+        unwritten: dict[str, float] | None = None,
+    ) -> None:
+        """Keep the key's variant list; bodies of variants no longer listed go.
+        `unwritten`: of these, the entries newer than the disk's copies, as
+        `unwritten_of` gave them (None: the disk holds them all as they are)."""
         hot = self._hot(key, key_hash)
         hot.entries = list(entries)
         listed = {e.variant for e in entries}
@@ -147,12 +158,35 @@ class MemoryTier:
             self.nbodies -= 1
         hot.built.clear()
         hot.built_bytes = 0
+        kept = {v: t for v, t in (unwritten or {}).items() if v in listed}
+        hot.unwritten = kept or None
         hot.meta_bytes = metadata_size(key, hot.entries)
         self._account(key, hot)
 
-    def refresh(self, key: str, entry: Entry) -> bool:
+    def held(self, key: str, variant: str) -> tuple[Entry, float] | None:
+        """The listed entry of `variant`, and the response_time of the copy
+        the disk holds (older than the entry's after `refresh(on_disk=...)`);
+        None if the key or that variant is not listed."""
+        hot = self._keys.get(key)
+        if hot is None or hot.entries is None:
+            return None
+        for e in hot.entries:
+            if e.variant == variant:
+                unwritten = hot.unwritten
+                on_disk = None if unwritten is None else unwritten.get(variant)
+                return e, e.response_time if on_disk is None else on_disk
+        return None
+
+    def unwritten_of(self, key: str) -> dict[str, float] | None:
+        """A copy of the key's variants newer than the disk's (`held`)."""
+        hot = self._keys.get(key)
+        return None if hot is None or hot.unwritten is None else dict(hot.unwritten)
+
+    def refresh(self, key: str, entry: Entry, on_disk: float | None = None) -> bool:
         """Replace the listed entry of `entry`'s variant (a 304 freshened it),
-        keeping its body; False if the key or that variant is not listed."""
+        keeping its body; False if the key or that variant is not listed.
+        `on_disk`: the disk was not written, and its copy's response_time is
+        this (`held`); None: the disk holds `entry` itself."""
         hot = self._keys.get(key)
         if hot is None or hot.entries is None:
             return False
@@ -163,6 +197,12 @@ class MemoryTier:
                 break
         else:
             return False
+        if on_disk is not None:
+            if hot.unwritten is None:
+                hot.unwritten = {}
+            hot.unwritten[entry.variant] = on_disk
+        elif hot.unwritten is not None:
+            hot.unwritten.pop(entry.variant, None)
         built = hot.built.pop(entry.variant, None)  # built from the old entry
         if built is not None:
             hot.built_bytes -= built_size(built[2])

@@ -13,6 +13,10 @@ which stays the one truth shared by the workers:
   disk write's own pool job) and applied to memory. A commit
   the disk refuses (`Banned`, a fill that raced a purge) never reaches
   memory; a committed one leaves its body in memory, if small enough.
+  One exception, bounded: a 304's refresh that changed nothing but Date
+  and the exchange's times stays in memory while the disk's copy was
+  validated at most REFRESH_LAG earlier (`update`); the disk's copy then
+  reads as older, so staler, never fresher.
 - Every worker reads the generation counter on each lookup and drops what
   the new records name before answering: a purge, delete, update or commit
   in any worker is invisible in every hot tier once its call returned.
@@ -23,7 +27,8 @@ Racing fills are kept out by one rule: memory takes what was read from (or
 committed to) disk only if no record naming its key was published since
 just before that disk call started (`_admit`); anything doubtful is left to
 the next lookup, which reads the disk again. The tier holds only what the
-disk would answer: the same contract suite runs against both.
+disk would answer (but for those bounded refreshes): the same contract
+suite runs against both.
 
 Purges other than by URL clear every hot tier (one ALL record): they are
 rare, and the tier refills from disk.
@@ -38,6 +43,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import IO, Any, TypeVar
 
 from edgeproxy.policy.entry import Entry
+from edgeproxy.policy.validation import changes_only_timing
 from edgeproxy.purge import Purge, PurgeURL
 from edgeproxy.store.base import Body, CopyingWriter, StoreError, StoreHealth
 from edgeproxy.store.disk import DiskStore, DiskWriter
@@ -51,6 +57,13 @@ T = TypeVar("T")
 GENERATION_FILE = "generation"  # in the disk store's directory
 DEFAULT_MAX_BYTES = 64 << 20
 DEFAULT_MAX_OBJECT = 256 << 10
+# How far (in validation time) the disk's copy of an entry may trail this
+# tier's after 304s that changed nothing but Date (TieredStore.update): an
+# entry every request revalidates (max-age=0, no-cache) is written once a
+# second at most, not once a request. Another worker, or this one after a
+# restart, sees it up to a second older than it is: it may revalidate that
+# much sooner, or stop serving it stale that much sooner, never later.
+REFRESH_LAG = 1.0
 
 
 _NONE = (0, 0)
@@ -318,9 +331,27 @@ class TieredStore:
         # transaction (even a failed one), in the same job: one hop, and a
         # cancelled caller can't skip it (the job runs to its end).
         self._sync()
-        since = self._seen
         key, h = entry.key, key_hash(entry.key)
+        held = self._mem.held(key, entry.variant)
+        if held is not None:
+            listed_entry, on_disk = held
+            if entry.response_time - on_disk <= REFRESH_LAG and changes_only_timing(
+                listed_entry, entry
+            ):
+                # Only its Date and times changed, and the disk's copy was
+                # validated at most REFRESH_LAG before this: the refresh stays
+                # in this tier. A reader of the disk's copy (another worker,
+                # this one after eviction or a restart) judges it that much
+                # older, so staler, never fresher (changes_only_timing).
+                # Purges hold: any ban the disk would judge this refresh by
+                # (issued after its request, so after the held entry's, which
+                # changes_only_timing asks) published a record that dropped
+                # the key from this tier before `held` read it.
+                self._mem.refresh(key, entry, on_disk=on_disk)
+                return True
+        since = self._seen
         listed = self._mem.listed(key)
+        unwritten = self._mem.unwritten_of(key)
         body = self._mem.body(key, entry.variant)
         published = _Publisher(self._gen, h, self._applying)
         try:
@@ -344,8 +375,10 @@ class TieredStore:
             return True
         self._mem.drop_hash(h)
         if listed is not None and any(e.variant == stored.variant for e in listed):
+            if unwritten is not None:
+                unwritten.pop(stored.variant, None)  # written now
             self._mem.put_entries(
-                key, h, [stored if e.variant == stored.variant else e for e in listed]
+                key, h, [stored if e.variant == stored.variant else e for e in listed], unwritten
             )
             if body is not None and body.data is not None:
                 self._mem.put_body(key, h, stored.variant, body.data)

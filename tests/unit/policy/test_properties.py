@@ -18,8 +18,8 @@ from edgeproxy.policy.freshness import (
     stale_forbidden,
 )
 from edgeproxy.policy.settings import CachePolicy
-from edgeproxy.policy.validation import has_validator
-from tests.unit.policy.helpers import T0, http_date, make_entry, make_request
+from edgeproxy.policy.validation import changes_only_timing, has_validator, merge_304
+from tests.unit.policy.helpers import T0, headers, http_date, make_entry, make_request
 
 SECONDS = st.integers(0, 400)
 # Offsets from T0 well inside what an HTTP-date can express.
@@ -68,10 +68,11 @@ def entries(draw: st.DrawFn) -> Entry:
     )
 
 
-POLICIES = st.sampled_from(
-    [CachePolicy(), CachePolicy(default_ttl=30), CachePolicy(max_ttl=20),
-     CachePolicy(force_ttl=60), CachePolicy(heuristic_fraction=0.5, heuristic_max=100)]
-)  # fmt: skip
+POLICY_LIST = [
+    CachePolicy(), CachePolicy(default_ttl=30), CachePolicy(max_ttl=20),
+    CachePolicy(force_ttl=60), CachePolicy(heuristic_fraction=0.5, heuristic_max=100),
+]  # fmt: skip
+POLICIES = st.sampled_from(POLICY_LIST)
 NOW = st.floats(T0 - 10, T0 + 1000, allow_nan=False)
 
 
@@ -165,7 +166,7 @@ REQUEST_NAMES = ["Cache-Control", "Pragma", "If-None-Match", "If-Match", "If-Mod
                  "If-Unmodified-Since", "Accept", "Range"]  # fmt: skip
 
 
-@settings(max_examples=300)
+@settings(max_examples=1000)
 @given(
     method=st.sampled_from(["GET", "HEAD", "POST", "get", ""]),
     req=st.lists(st.tuples(st.sampled_from(REQUEST_NAMES), FIELD_TEXT), max_size=6),
@@ -199,3 +200,46 @@ def test_decide_survives_huge_delta_seconds(where: str) -> None:
     request = make_request("GET", {"Cache-Control": huge} if where == "request" else {})
     d = decide(request, [entry], CachePolicy(), T0)
     assert isinstance(d, Serve)
+
+
+@st.composite
+def not_modified(draw: st.DrawFn, entry: Entry) -> tuple[dict[str, str], float, float]:
+    """A 304 for `entry`: often its own fields again (a 304 that changes
+    nothing), sometimes one changed, dropped or added; with or without a
+    Date, received up to 400 s later."""
+    fields = {k: v for k, v in entry.fields.items() if k.lower() != "date"}
+    for name in draw(st.lists(st.sampled_from(["Cache-Control", "Expires", "Age"]), max_size=2)):
+        change = draw(st.sampled_from(["drop", "new"]))
+        if change == "drop":
+            fields.pop(name, None)
+        elif name == "Cache-Control":
+            fields[name] = draw(response_cc())
+        elif name == "Expires":
+            fields[name] = http_date(T0 + draw(st.integers(-400, 400)))
+        else:
+            fields[name] = str(draw(SECONDS))
+    sent = entry.request_time + draw(st.floats(-5, 400))
+    received = sent + draw(st.floats(0, 5))
+    if draw(st.booleans()):
+        fields["Date"] = http_date(round(received) + draw(st.integers(-30, 30)))
+    return fields, sent, received
+
+
+@settings(max_examples=400)
+@given(data=st.data(), entry=entries(), later=st.floats(0, 2000))
+def test_a_timing_only_refresh_leaves_the_old_copy_no_fresher(
+    data: st.DataObject, entry: Entry, later: float
+) -> None:
+    """changes_only_timing(stored, merged) promises store/tiered.py that a
+    reader of `stored` (the disk's copy a refresh skipped) judges it no
+    fresher than `merged` at any time after: remaining freshness no more
+    (RFC 9111 4.2.1, 4.2.3), so staleness no less."""
+    fields, sent, received = data.draw(not_modified(entry))
+    merged = merge_304(entry, headers(fields), sent, received)
+    if not changes_only_timing(entry, merged):
+        return
+    now = received + later
+    for policy in POLICY_LIST:
+        stored_left = freshness_lifetime(entry, policy) - current_age(entry, now)
+        merged_left = freshness_lifetime(merged, policy) - current_age(merged, now)
+        assert stored_left <= merged_left + 1e-6, policy

@@ -6,7 +6,12 @@ import pytest
 
 from edgeproxy.policy.freshness import current_age, is_fresh
 from edgeproxy.policy.settings import CachePolicy
-from edgeproxy.policy.validation import conditional_request_headers, merge_304, validates
+from edgeproxy.policy.validation import (
+    changes_only_timing,
+    conditional_request_headers,
+    merge_304,
+    validates,
+)
 from tests.unit.policy.helpers import T0, headers, http_date, make_entry
 
 LM = http_date(T0 - 3600)
@@ -191,3 +196,56 @@ def test_merge_304_resets_timing_and_keeps_identity() -> None:
         assert getattr(merged, name) == getattr(entry, name), name
     # The stored entry itself is immutable.
     assert entry.fields["Age"] == "50" and entry.soft_purged
+
+
+# -- changes_only_timing: may the disk's copy trail (store/tiered.py)? -------------
+
+# (id, stored fields, 304 fields, 304's request time, expected). The stored
+# response has Date T0 and was received at T0; the 304 arrives at T1.
+# fmt: off
+TIMING_ONLY: list[tuple[str, Pairs, Pairs, float, bool]] = [
+    ("only-date",
+     [("Cache-Control", "max-age=0"), ("ETag", '"a"')],
+     [("Cache-Control", "max-age=0"), ("ETag", '"a"'), ("Date", http_date(T1))], T1 - 1, True),
+    ("304-without-date-dated-on-receipt",
+     [("ETag", '"a"')], [("ETag", '"a"')], T1 - 1, True),
+    ("fields-moved-by-the-merge",
+     [("ETag", '"a"'), ("Content-Type", "text/plain"), ("Cache-Control", "max-age=5")],
+     [("Cache-Control", "max-age=5"), ("ETag", '"a"'), ("Date", http_date(T1))], T1 - 1, True),
+    ("cache-control-changed",
+     [("Cache-Control", "max-age=0"), ("ETag", '"a"')],
+     [("Cache-Control", "max-age=60"), ("ETag", '"a"')], T1 - 1, False),
+    ("field-added",
+     [("ETag", '"a"')], [("ETag", '"a"'), ("X-Version", "2")], T1 - 1, False),
+    ("age-sent-with-the-304",
+     [("ETag", '"a"')], [("ETag", '"a"'), ("Age", "3")], T1 - 1, False),
+    ("stored-age-dropped",
+     [("ETag", '"a"'), ("Age", "3")], [("ETag", '"a"')], T1 - 1, False),
+    ("same-name-reordered",
+     [("Link", "</a>"), ("Link", "</b>")], [("Link", "</b>"), ("Link", "</a>")], T1 - 1, False),
+    # Expires - Date (4.2.1): a later Date shortens the lifetime.
+    ("expires-decides-the-lifetime",
+     [("Expires", http_date(T1 + 60))], [("Expires", http_date(T1 + 60))], T1 - 1, False),
+    ("expires-under-max-age",
+     [("Expires", http_date(T1 + 60)), ("Cache-Control", "max-age=0")],
+     [("Expires", http_date(T1 + 60))], T1 - 1, True),
+    ("date-went-back",
+     [("ETag", '"a"')], [("ETag", '"a"'), ("Date", http_date(T0 - 10))], T1 - 1, False),
+    ("an-earlier-exchange",
+     [("ETag", '"a"')], [("ETag", '"a"')], T0 - 1, False),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize(
+    ("stored", "response", "sent", "expected"), [pytest.param(*r[1:], id=r[0]) for r in TIMING_ONLY]
+)
+def test_changes_only_timing(stored: Pairs, response: Pairs, sent: float, expected: bool) -> None:
+    entry = make_entry(stored)
+    merged = merge_304(entry, headers(response), sent, T1)
+    assert changes_only_timing(entry, merged) is expected
+
+
+def test_changes_only_timing_lifting_a_soft_purge_is_a_change() -> None:
+    entry = make_entry({"ETag": '"a"'}, soft_purged=True)
+    assert not changes_only_timing(entry, merge_304(entry, headers({"ETag": '"a"'}), T1 - 1, T1))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -19,12 +20,13 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from edgeproxy.http.dates import format_http_date
 from edgeproxy.policy.entry import Entry
 from edgeproxy.purge import Purge, PurgePrefix, PurgeTags, PurgeURL
 from edgeproxy.store.base import Banned
 from edgeproxy.store.disk import DiskStore
 from edgeproxy.store.generation import ALL
-from edgeproxy.store.tiered import TieredStore
+from edgeproxy.store.tiered import REFRESH_LAG, TieredStore
 from tests.conftest import FakeClock
 from tests.contract.helpers import T0, body_of, make_entry, put, read
 from tests.contract.kits import DiskKit
@@ -728,6 +730,120 @@ async def test_an_update_under_a_soft_purge_is_kept_as_the_disk_keeps_it(
     [found] = await a.lookup(URL)
     assert found.soft_purged
     assert [found] == await a.disk.lookup(URL)
+
+
+# -- a refresh that changed only Date may stay in memory (REFRESH_LAG) -----------
+
+
+def _refreshed(e: Entry, at: float, **fields: str) -> Entry:
+    """`e` as merge_304 leaves it after a 304 received at `at`: a new Date
+    (HTTP-date, whole seconds), the exchange's times, any other `fields`."""
+    new = CIMultiDict(e.fields)
+    new["Date"] = format_http_date(at)
+    for name, value in fields.items():
+        new[name.replace("_", "-")] = value
+    return e.with_changes(fields=CIMultiDictProxy(new), request_time=at - 0.1, response_time=at)
+
+
+def _dated(key: str, at: float = T0, **kwargs: Any) -> Entry:
+    """A stored response with a Date, as origins send them."""
+    fields = {"Cache-Control": "max-age=60", "ETag": '"v1"', "Date": format_http_date(at)}
+    return make_entry(key, request_time=at, fields=fields, **kwargs)
+
+
+# (after how long the 304 arrives, the fields it changed besides Date,
+# whether the refresh reached the disk)
+REFRESHES: dict[str, tuple[float, dict[str, str], bool]] = {
+    "only-date-within-the-lag": (0.5, {}, False),
+    "only-date-at-the-lag": (REFRESH_LAG, {}, False),
+    "only-date-past-the-lag": (REFRESH_LAG + 0.5, {}, True),
+    "a-field-changed": (0.5, {"Cache_Control": "max-age=600"}, True),
+    "an-age-came-with-it": (0.5, {"Age": "3"}, True),
+}
+
+
+@pytest.mark.parametrize("refresh", REFRESHES.values(), ids=REFRESHES.keys())
+async def test_a_refresh_reaches_the_disk_unless_only_its_date_changed_within_the_lag(
+    a: TieredStore,
+    b: TieredStore,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+    refresh: tuple[float, dict[str, str], bool],
+) -> None:
+    after, changed, written = refresh
+    await put(a, _dated(URL, clock()), b"body")
+    [stored] = await warm(a)
+    await warm(b)
+    merged = _refreshed(stored, stored.response_time + after, **changed)
+    disk = DiskCalls(monkeypatch, a)
+    assert await a.update(merged)
+    assert await a.lookup(URL) == [merged]  # this worker serves the refresh
+    assert await read(a, merged) == b"body"
+    assert disk.calls == []
+    on_disk = await a.disk.lookup(URL)
+    assert on_disk == ([merged] if written else [stored])
+    # Another worker reads what the disk holds: the refresh, or the copy
+    # validated at most REFRESH_LAG before it.
+    [seen_by_b] = await b.lookup(URL)
+    assert seen_by_b == on_disk[0]
+    assert merged.response_time - seen_by_b.response_time <= REFRESH_LAG
+
+
+@settings(max_examples=40, deadline=None)
+@given(gaps=st.lists(st.floats(0, 2.5, allow_nan=False), min_size=1, max_size=12))
+def test_the_disk_copy_never_trails_by_more_than_the_lag(gaps: list[float]) -> None:
+    """Whatever the spacing of timing-only refreshes, the disk's copy was
+    validated at most REFRESH_LAG before the newest, which memory serves."""
+
+    async def run(directory: Path) -> None:
+        s = await open_tiered(directory)
+        try:
+            stored = await put(s, _dated(URL), b"body")
+            [current] = await warm(s)
+            for gap in gaps:
+                current = _refreshed(current, current.response_time + gap)
+                assert await s.update(current)
+                assert await s.lookup(URL) == [current]
+                [on_disk] = await s.disk.lookup(URL)
+                assert current.response_time - on_disk.response_time <= REFRESH_LAG
+                assert on_disk.response_time >= stored.response_time
+                held = s._mem.held(URL, current.variant)
+                assert held is not None and held[1] == on_disk.response_time
+        finally:
+            await s.close()
+
+    with tempfile.TemporaryDirectory() as directory:
+        asyncio.run(run(Path(directory)))
+
+
+async def test_a_variant_put_back_keeps_its_unwritten_refresh(
+    a: TieredStore, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The key's list put back after another variant's write (a read synced
+    that write's record before it was noted) still knows which refresh the
+    disk has not seen: the lag stays measured from the disk's copy."""
+    await put(a, _dated(URL, clock(), vary=("x",), secondary=("1",)), b"x")
+    await put(a, _dated(URL, clock(), vary=("x",), secondary=("2",)), b"y")
+    [x, y] = await warm(a)
+    x2 = _refreshed(x, x.response_time + 0.6)
+    assert await a.update(x2)  # stays in memory
+    real = a.disk.update_stored
+
+    async def update_stored(entry: Entry, then: Any = None) -> Entry | None:
+        got = await real(entry, then)
+        await _synced_before_noted(a, a)
+        return got
+
+    monkeypatch.setattr(a.disk, "update_stored", update_stored)
+    y2 = _refreshed(y, y.response_time + 5)
+    assert await a.update(y2)  # written; the key dropped and put back as held
+    monkeypatch.undo()
+    assert await a.lookup(URL) == [x2, y2]
+    held = a._mem.held(URL, x.variant)
+    assert held is not None and held[1] == x.response_time
+    x3 = _refreshed(x2, x.response_time + 1.2)  # 1.2 s after the disk's copy of x
+    assert await a.update(x3)
+    assert await a.disk.lookup(URL) == [x3, y2]
 
 
 @settings(max_examples=60, deadline=None)
