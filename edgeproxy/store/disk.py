@@ -246,6 +246,16 @@ def _ban_target(kind: str, value: str) -> Target:
             return PurgeAll()
 
 
+def variant_id(now_ns: int, noise: bytes) -> str:
+    """A new variant's id: the time in ns as 16 hex digits, then 8 random
+    bytes (`noise`: os.urandom(8)) against clashes between workers. Time
+    first: the body's key ("b:" + id) and the variant's own index take new
+    ids at their ends rather than on random pages, so a commit dirties
+    fewer B-tree pages. Thread CPU a commit in batches of 16 on a store of
+    50k entries: 175-178 us with 16 random bytes, 98-126 us so."""
+    return f"{now_ns:016x}{noise.hex()}"
+
+
 def _vary_id(entry: Entry) -> str:
     return jsontext.dumps_exact([list(entry.vary), list(entry.secondary)])
 
@@ -1386,7 +1396,7 @@ class DiskWriter:
         data = None if tmp is not None else bytes(self._buf)
         self._buf = bytearray()
         stored = entry.with_changes(
-            key=self._key, variant=os.urandom(16).hex(), body_size=self._size
+            key=self._key, variant=variant_id(time.time_ns(), os.urandom(8)), body_size=self._size
         )
         if data is not None and len(data) < self._store._inline_below():
             # Batched with others arriving together: one transaction for all.

@@ -19,11 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from edgeproxy.policy.entry import Entry
 from edgeproxy.purge import Purge, PurgeAll, PurgePrefix, PurgeTags, PurgeURL
 from edgeproxy.store.base import Banned, StoreError
-from edgeproxy.store.disk import BODY, TMP_MAX_AGE, DiskStore
+from edgeproxy.store.disk import BODY, TMP_MAX_AGE, DiskStore, variant_id
 from tests.conftest import FakeClock
 from tests.contract.helpers import T0, make_entry, put, read
 
@@ -548,3 +550,39 @@ async def test_small_bodies_arriving_together_commit_in_one_transaction(
             assert back == []
         else:
             assert await read(store, back[0]) == b"body %d" % i
+
+
+# -- variant ids: time first, for the indexes' sake ----------------------------
+
+NS = st.integers(0, 2**64 - 1)  # 16 hex digits: until the year 2554
+NOISE = st.binary(min_size=8, max_size=8)
+
+
+@pytest.mark.parametrize(
+    ("now_ns", "noise", "expected"),
+    [
+        (0, bytes(8), "0" * 32),
+        (1_800_000_000_000_000_000, b"\x01" * 8, "18fae27693b40000" + "01" * 8),
+        (2**64 - 1, b"\xff" * 8, "f" * 32),
+    ],
+)
+def test_variant_id_table(now_ns: int, noise: bytes, expected: str) -> None:
+    assert variant_id(now_ns, noise) == expected
+
+
+@given(a=NS, b=NS, x=NOISE, y=NOISE)
+def test_variant_ids_sort_by_time_and_never_clash(a: int, b: int, x: bytes, y: bytes) -> None:
+    """Fixed length hex, in time order whatever the noise; equal only for
+    the same time and the same noise (the store's key for the body)."""
+    ia, ib = variant_id(a, x), variant_id(b, y)
+    assert len(ia) == 32 and re.fullmatch(r"[0-9a-f]{32}", ia)
+    if a != b:
+        assert (ia < ib) == (a < b)
+    assert (ia == ib) == (a == b and x == y)
+
+
+async def test_committed_variants_take_time_ordered_ids(store: DiskStore) -> None:
+    first = await put(store, make_entry("http://a.example/1"))
+    second = await put(store, make_entry("http://a.example/2"))
+    assert first.variant < second.variant
+    assert int(first.variant[:16], 16) <= time.time_ns()
