@@ -661,13 +661,17 @@ class DiskStore:
         sql("DELETE FROM edge_variants WHERE id = ?", (vid,))
         self._cache.delete(BODY + variant)
 
-    def _insert(self, sql: Sql, entry: Entry) -> None:
+    def _insert(self, sql: Sql, entry: Entry) -> int:
+        """Index the variant; its row id."""
         meta = jsontext.dumps(entry.to_dict())
         cur = sql(
             "INSERT INTO edge_variants (variant, key, vary, soft, meta) VALUES (?, ?, ?, ?, ?)",
             (entry.variant, entry.key, _vary_id(entry), int(entry.soft_purged), meta),
         )
-        self._insert_tags(sql, entry, cur.lastrowid)
+        vid = cur.lastrowid
+        assert vid is not None  # an INSERT into a rowid table
+        self._insert_tags(sql, entry, vid)
+        return vid
 
     def _insert_tags(self, sql: Sql, entry: Entry, vid: int | None) -> None:
         for tag in _tags(entry):
@@ -908,20 +912,21 @@ class DiskStore:
                 if tmp is not None:
                     tmp.flush()
                     tmp.seek(0)
-                evicted = self._set_body(body_key, value, watch)
+                self._set_body(body_key, value)
             finally:
                 if tmp is not None:
                     with contextlib.suppress(OSError):
                         tmp.close()  # delete=True unlinks it
-            if evicted:  # committed by diskcache's own transaction
-                self._evicted(evicted)
             with self._txn() as sql:
                 bans = _Bans(sql, entry.request_time)
-                entry, _, listed = self._index(sql, (entry, bans), body_key, None, watch)
+                entry, listed = self._index(sql, (entry, bans), body_key, None)
+                evicted = self._cull(watch)  # after the writes, as _commit_batch
         except BaseException:
             with contextlib.suppress(*LOW_ERRORS):
                 self._cache.delete(body_key)
             raise
+        if evicted:  # committed with the index
+            self._evicted(evicted)
         if then is not None:
             then(listed)
         return entry
@@ -932,33 +937,35 @@ class DiskStore:
         admitting: tuple[Entry, _Bans],
         body_key: str,
         inline: bytes | None,
-        watch: bool,
-    ) -> tuple[Entry, list[str], list[Entry]]:
+    ) -> tuple[Entry, list[Entry]]:
         """In a transaction: index the entry (its body stored already, or
         `inline` here, nested in it) as the transaction's bans admit it; the
-        entry as stored, the keys the body's set evicted and the key's
-        variants after it (`_siblings`)."""
-        entry = _admissible(*admitting)
-        evicted = self._set_body(body_key, inline, watch) if inline is not None else []
+        entry as stored and the key's variants after it (`_siblings`)."""
+        entry = _admissible(*admitting)  # before any write: a ban leaves nothing to undo
+        if inline is not None:
+            self._set_body(body_key, inline)  # no cull: the caller's, once a transaction
         present = sql("SELECT 1 FROM Cache WHERE key = ? AND raw = 1", (body_key,))
         if present.fetchone() is None:
             raise StoreError(f"{entry.key}: body evicted before its commit")
-        # A new response replaces the stored one it would be selected
-        # instead of: same Vary names and values (RFC 9111 section 4.1).
-        same = sql(
-            "SELECT id, variant FROM edge_variants WHERE key = ? AND vary = ?",
-            (entry.key, _vary_id(entry)),
-        ).fetchall()
-        for vid, variant in same:
-            self._drop(sql, vid, variant)
-        self._insert(sql, entry)
+        # One read of the key's variants. A new response replaces the stored
+        # one it would be selected instead of: same Vary names and values
+        # (RFC 9111 section 4.1). The rest stay, the oldest going first
+        # past MAX_VARIANTS.
+        vary = _vary_id(entry)
         rows = sql(
-            "SELECT id, variant, soft, meta FROM edge_variants WHERE key = ? ORDER BY id",
+            "SELECT id, variant, vary, soft, meta FROM edge_variants WHERE key = ? ORDER BY id",
             (entry.key,),
         ).fetchall()
-        for vid, variant, _, _ in rows[:-MAX_VARIANTS]:
+        kept: list[tuple[int, str, int, Any]] = []
+        for vid, variant, their_vary, soft, meta in rows:
+            if their_vary == vary:
+                self._drop(sql, vid, variant)
+            else:
+                kept.append((vid, variant, soft, meta))
+        kept.append((self._insert(sql, entry), entry.variant, int(entry.soft_purged), None))
+        for vid, variant, _, _ in kept[:-MAX_VARIANTS]:
             self._drop(sql, vid, variant)
-        return entry, evicted, self._siblings(sql, entry, rows[-MAX_VARIANTS:])
+        return entry, self._siblings(sql, entry, kept[-MAX_VARIANTS:])
 
     def _siblings(
         self, sql: Sql, entry: Entry, rows: Sequence[tuple[int, str, int, Any]]
@@ -979,31 +986,36 @@ class DiskStore:
         return listed
 
     def _commit_batch(self, batch: list[_Inline]) -> list[Entry | Exception]:
-        """On a pool thread: inline-body commits in one transaction, each in a
-        savepoint, so one refused (a ban, its body evicted) leaves the others;
-        then their evictions and each `then(listed)`, as `_commit`."""
+        """On a pool thread: inline-body commits in one transaction, then
+        one cull for them all (diskcache's set culled in each: three
+        statements a commit); then their evictions and each `then(listed)`,
+        as `_commit`. A commit a ban refuses is refused before it writes
+        anything, so the others go on; any other failure fails the batch
+        (_Batches then retries each alone).
+
+        The cull may take a body the transaction just stored (diskcache
+        evicts ten at a time, so in a cache of a few objects): its commit
+        still returns it, and the eviction's record keeps it out of every
+        hot tier (TieredStore._admit), as when the next commit's cull
+        takes it. Culling before the writes instead would roll its
+        evictions back with a commit it failed, and never free room."""
         watch = self._watch_evictions()
         results: list[Entry | Exception] = []
         listings: list[list[Entry]] = []
-        evicted: list[str] = []
         with self._txn() as sql:
             bans = _Bans(sql, min(c.entry.request_time for c in batch))
             for c in batch:
-                sql("SAVEPOINT edge_inline")
                 try:
-                    entry, notes, listed = self._index(
-                        sql, (c.entry, bans), BODY + c.entry.variant, c.data, watch
+                    entry, listed = self._index(
+                        sql, (c.entry, bans), BODY + c.entry.variant, c.data
                     )
-                except (Banned, StoreError) as e:
-                    sql("ROLLBACK TO edge_inline")
-                    sql("RELEASE edge_inline")
+                except Banned as e:
                     results.append(e)
                     listings.append([])
                     continue
-                sql("RELEASE edge_inline")
                 results.append(entry)
                 listings.append(listed)
-                evicted += notes
+            evicted = self._cull(watch)
         if evicted:
             self._evicted(evicted)
         # In batch order: a later commit of the same key publishes a later
@@ -1053,20 +1065,26 @@ class DiskStore:
         if notes is not None and isinstance(key, str):
             notes.append(key)
 
-    def _set_body(self, body_key: str, value: bytes | IO[bytes], watch: bool) -> list[str]:
-        """diskcache's set, which may evict to stay under its size limit;
-        returns the primary keys of the variants it evicted (when `watch`)."""
-        read = not isinstance(value, bytes)
+    def _set_body(self, body_key: str, value: bytes | IO[bytes]) -> None:
+        """diskcache's set: no cull in it (cull_limit=0), see `_cull`."""
+        with self._write_lock:
+            self._cache.set(body_key, value, read=not isinstance(value, bytes))
+
+    def _cull(self, watch: bool) -> list[str]:
+        """diskcache's cull (the cache is opened with cull_limit=0, so set()
+        never culls): least recently stored first until under the size limit;
+        the primary keys of the variants it evicted (when `watch`). Nested in
+        a transaction, it runs in it."""
         if not watch:
             with self._write_lock:
-                self._cache.set(body_key, value, read=read)
+                self._cache.cull()
             return []
         local = self._local
         notes: list[str] = []
         local.notes = notes
         try:
             with self._write_lock:
-                self._cache.set(body_key, value, read=read)
+                self._cache.cull()
         finally:
             local.notes = None
         return notes
@@ -1287,6 +1305,9 @@ def _open_diskcache(directory: str, size_limit: int, eviction_policy: str) -> di
         size_limit=size_limit,
         eviction_policy=eviction_policy,
         disk_min_file_size=32 * 1024,
+        # No cull inside set(): DiskStore._set_body culls after a file body's
+        # set, _commit_batch once after a batch's (three statements a set).
+        cull_limit=0,
     )
     try:
         _init_schema(cache)

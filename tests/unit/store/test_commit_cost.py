@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from edgeproxy.policy.entry import Entry
 from edgeproxy.purge import Purge, PurgeURL
 from edgeproxy.store.base import Banned, StoreHealth, health_of
-from edgeproxy.store.disk import DiskStore
+from edgeproxy.store.disk import DiskStore, _Inline
 from edgeproxy.store.pool import StorePool
 from edgeproxy.store.tiered import TieredStore
 from tests.conftest import FakeClock
@@ -105,6 +107,48 @@ async def test_eviction_hook_hears_exactly_the_evicted(tmp_path: Path, size: int
         assert heard, "the size limit should have evicted some"
         assert len(heard) == len(set(heard))
         assert set(heard) == stored - alive  # heard of each one gone, once
+    finally:
+        await store.close()
+
+
+def _inline(store: DiskStore, url: str, size: int) -> _Inline:
+    entry = make_entry(url).with_changes(variant=uuid.uuid4().hex, body_size=size)
+    return _Inline(entry, bytes(size), None)
+
+
+async def test_a_batch_of_commits_culls_once(store: DiskStore) -> None:
+    """diskcache's set() would check the size limit (three statements) each
+    time: the store culls once a transaction instead."""
+    sql = await statements(store)
+    batch = [_inline(store, f"{URL}{i}", 1024) for i in range(8)]
+    results = await store._run(store._commit_batch, batch)
+    assert all(isinstance(r, Entry) for r in results)
+    ran = sql()
+    assert begins(ran) == 1
+    assert sum(1 for q in ran if q.startswith("PRAGMA page_count")) == 1
+    assert sum(1 for q in ran if q.startswith("SELECT rowid, filename FROM Cache")) == 8  # sets
+
+
+@pytest.mark.parametrize("batch", [1, 8, 40])
+async def test_a_batch_past_the_size_limit_ends_under_it(tmp_path: Path, batch: int) -> None:
+    """Least recently stored first, until under the limit, within the
+    batch's transaction; the hook hears of exactly the variants gone."""
+    size, limit = 20_000, 1 << 20
+    store = await DiskStore.open(str(tmp_path / "cache"), size_limit=limit, threads=1)
+    heard: list[str] = []
+    store.on_evict = heard.extend
+    try:
+        urls = [f"{URL}{i}" for i in range(120)]  # ~2.4 MB of bodies, past the limit
+        for start in range(0, len(urls), batch):
+            chunk = [_inline(store, u, size) for u in urls[start : start + batch]]
+            await store._run(store._commit_batch, chunk)
+            volume = await store._run(store._cache.volume)
+            assert volume <= limit
+        alive = {e.key for e in await store.entries(limit=1000)}
+        assert heard and len(heard) == len(set(heard))
+        assert set(heard) == set(urls) - alive
+        assert urls[-1] in alive  # the newest stay
+        assert all(urls.index(k) > urls.index(h) for k in alive for h in heard)
     finally:
         await store.close()
 
