@@ -22,6 +22,7 @@ from edgeproxy.admin import AdminSetupError, build_admin_app, check_bind, read_t
 from edgeproxy.bodies import ShortBody
 from edgeproxy.cluster import Cluster
 from edgeproxy.config import Config, Limits
+from edgeproxy.gctune import tune_gc
 from edgeproxy.h1client import OriginConnections
 from edgeproxy.http.request_head import parse_request_head
 from edgeproxy.metrics import Metrics
@@ -694,6 +695,7 @@ async def serve(
             tasks.append(loop.create_task(reloader.watch(config_path)))
         if worker_of is not None:
             tasks.append(loop.create_task(_orphan_watch(worker_of, stop)))
+        tune_gc()  # what start-up made lives as long as we do: out of every collection
         log.info(
             "edgeproxy listening on http://%s (admin http://%s), %d routes, cache in %s",
             config.listen,
