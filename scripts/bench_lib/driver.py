@@ -38,6 +38,7 @@ from bench_lib.servers import (
     wait_http,
 )
 from bench_lib.stack import CLIENT_CORE, MIB, OBJECTS, SERVER_CORE, Origin, Stack, find_tool
+from bench_lib.versus import DEFAULT_KEYS, versus
 
 REPO = Path(__file__).resolve().parents[2]
 RSS_LIMIT_16M = 150 * MIB  # the bound for a 16 MiB miss to 50 clients
@@ -659,6 +660,18 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SCENARIO",
         help="instead: run edgeproxy under py-spy through one scenario and summarise",
     )
+    p.add_argument(
+        "--versus",
+        metavar="DIR",
+        help="instead: this tree (or --src) against the tree in DIR, both at once on one "
+        "core, CPU per request (hit-1k, client-304, revalidate, miss; --only to choose)",
+    )
+    p.add_argument(
+        "--versus-keys",
+        type=int,
+        default=DEFAULT_KEYS,
+        help=f"URLs --versus's revalidate cycles through (default {DEFAULT_KEYS})",
+    )
     p.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     p.add_argument("--top", type=int, default=15, help="rows per profile table")
     p.add_argument("--keep-profile", metavar="FILE", help="save py-spy's collapsed stacks")
@@ -681,6 +694,8 @@ async def amain(opts: argparse.Namespace, tmp: Path, procs: Procs) -> int:
     _, helptext = await capture([opts.python, "-m", "edgeproxy", "serve", "--help"], src)
     workers_flag = "--workers" in helptext
     uvloop_ok = (await capture([opts.python, "-c", "import uvloop"]))[0] == 0
+    if opts.versus:
+        return await versus(stack, opts)
     if opts.profile:
         scs, _ = plan("asyncio", False, False, False, False)
         chosen = [s for s in scs if s.name == opts.profile]
@@ -819,6 +834,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not (opts.src / "edgeproxy" / "__main__.py").exists():
         print(f"--src {opts.src}: no edgeproxy package there", file=sys.stderr)
         return 2
+    if opts.versus:
+        opts.versus = Path(opts.versus).resolve()
+        if not (opts.versus / "edgeproxy" / "__main__.py").exists():
+            print(f"--versus {opts.versus}: no edgeproxy package there", file=sys.stderr)
+            return 2
     if opts.rounds < 1 or opts.duration < 1:
         print("--rounds and --duration must be at least 1", file=sys.stderr)
         return 2
