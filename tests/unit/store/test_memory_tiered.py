@@ -476,6 +476,40 @@ async def test_a_cancelled_purge_still_reaches_every_hot_tier(
 # -- the disk's own changes ---------------------------------------------------------
 
 
+@pytest.mark.parametrize("size", [1024, 40_000], ids=["inline", "file"])
+async def test_a_commit_whose_caller_is_cancelled_still_reaches_memory(
+    a: TieredStore, b: TieredStore, clock: FakeClock, size: int
+) -> None:
+    """The caller (a client that went away) is cancelled while the commit is
+    on the pool: the disk write goes on, and its record is applied as if
+    the caller had waited. No note of it is left behind (a note would keep
+    this worker from dropping the key on that record), and no tier keeps
+    the response the commit replaced."""
+    old = await put(a, make_entry(URL, request_time=clock()), b"old")
+    await warm(a)
+    await warm(b)
+    writer = a.open_writer(URL)
+    await writer.write(bytes(size))
+    published_before = a._gen.current()
+    task = asyncio.create_task(writer.commit(make_entry(URL, request_time=clock())))
+    await asyncio.sleep(0)  # submitted: on the pool, or queued for it
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    for _ in range(200):  # bounded: until its record is out and no note of it is left
+        if a._gen.current() > published_before and not a._applying:
+            break
+        await asyncio.sleep(0.01)
+    assert a._gen.current() > published_before
+    assert a._applying == set()
+    truth = await a.disk.lookup(URL)
+    assert [e.variant for e in truth] != [old.variant]  # the commit went on, replacing it
+    for store in (a, b):
+        assert await store.lookup(URL) == truth
+        assert await read(store, truth[0]) == bytes(size)
+        assert await store.open_body(old) is None
+
+
 async def test_an_eviction_on_disk_drops_the_hot_copy_in_every_worker(
     directory: Path, clock: FakeClock
 ) -> None:
