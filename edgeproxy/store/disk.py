@@ -587,6 +587,7 @@ class DiskStore:
         )
         if failure is not None:
             store._faults.failed(f"opening cache {directory}", failure)
+        executor.on_exit = store._close_connection
         return store
 
     def _ensure_open(self) -> None:
@@ -1231,6 +1232,22 @@ class DiskStore:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self._executor.shutdown)
 
+    def _close_connection(self) -> None:
+        """On each pool thread as the pool shuts down: close the thread's
+        SQLite connection (diskcache keeps one per thread, and its close()
+        closes the calling thread's only). The last one to close checkpoints
+        the WAL, so a clean stop leaves cache.db whole. Left to the garbage
+        collector, a connection in a reference cycle (its eviction hook
+        refers back to this store) stayed open until exit, or for good once
+        frozen (gctune), and the WAL stayed beside the database."""
+        cache = self._opened
+        if cache is None:
+            return
+        try:
+            cache.close()
+        except LOW_ERRORS as e:
+            log.warning("closing the cache's connection: %s", e)
+
 
 def _init_schema(cache: diskcache.Cache) -> None:
     """Create our tables and triggers once, in one transaction (workers race here)."""
@@ -1282,6 +1299,17 @@ def _open_cache(directory: str, size_limit: int, eviction_policy: str) -> diskca
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # released by the close
         _sweep_tmp(tmp)
+        short = _truncation(os.path.join(directory, "cache.db"))
+        if short is not None:
+            # SQLite would only notice on reading a missing page, maybe never
+            # at start (then later, mid-request): judged here, at once.
+            moved = _move_aside(directory)
+            log.error(
+                "cache database in %s is damaged (%s): moved %s aside; starting empty",
+                directory,
+                short,
+                ", ".join(moved),
+            )
         try:
             return _open_diskcache(directory, size_limit, eviction_policy)
         except sqlite3.DatabaseError as e:
@@ -1297,6 +1325,34 @@ def _open_cache(directory: str, size_limit: int, eviction_policy: str) -> diskca
             return _open_diskcache(directory, size_limit, eviction_policy)
     finally:
         os.close(fd)
+
+
+def _truncation(db: str) -> str | None:
+    """Why `db` is shorter than its own header says, or None: SQLite's file
+    format (sqlite.org/fileformat2.html, 1.3) keeps the database's size in
+    pages at offset 28, valid while the change counter (offset 24) equals
+    the version-valid-for number (offset 92). Only judged with no WAL
+    content beside it (a clean stop checkpoints it away): WAL frames may
+    hold pages the file does not have yet."""
+    try:
+        if os.path.getsize(db + "-wal") > 0:
+            return None
+    except FileNotFoundError:
+        pass
+    try:
+        with open(db, "rb") as f:
+            header = f.read(100)
+            size = os.fstat(f.fileno()).st_size
+    except FileNotFoundError:
+        return None  # a new cache
+    if len(header) < 100 or not header.startswith(b"SQLite format 3\x00"):
+        return None  # not SQLite's at all: opening it says so
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    pages = int.from_bytes(header[28:32], "big")
+    if pages == 0 or header[24:28] != header[92:96] or size >= pages * page_size:
+        return None
+    return f"truncated: {size} bytes of {pages * page_size}"
 
 
 def _open_diskcache(directory: str, size_limit: int, eviction_policy: str) -> diskcache.Cache:

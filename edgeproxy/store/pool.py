@@ -42,6 +42,9 @@ class StorePool:
     def __init__(self, threads: int, name: str) -> None:
         self._size = max(1, threads)
         self._name = name
+        # Run by each thread as `shutdown` ends it: per-thread cleanup (the
+        # store's SQLite connections, one per thread).
+        self.on_exit: Callable[[], object] | None = None
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
@@ -70,6 +73,9 @@ class StorePool:
         while True:  # bounded by shutdown: one None per thread ends it
             job = jobs.get()
             if job is None:
+                on_exit = self.on_exit
+                if on_exit is not None:
+                    on_exit()
                 return
             fn, args, loop, fut = job
             del job

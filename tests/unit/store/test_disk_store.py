@@ -8,6 +8,7 @@ SQLite VM steps a purge costs must not grow with the size of the cache.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import re
 import shutil
@@ -25,7 +26,7 @@ from hypothesis import strategies as st
 from edgeproxy.policy.entry import Entry
 from edgeproxy.purge import Purge, PurgeAll, PurgePrefix, PurgeTags, PurgeURL
 from edgeproxy.store.base import Banned, StoreError
-from edgeproxy.store.disk import BODY, TMP_MAX_AGE, DiskStore, variant_id
+from edgeproxy.store.disk import BODY, TMP_MAX_AGE, DiskStore, _truncation, variant_id
 from tests.conftest import FakeClock
 from tests.contract.helpers import T0, make_entry, put, read
 
@@ -586,3 +587,90 @@ async def test_committed_variants_take_time_ordered_ids(store: DiskStore) -> Non
     second = await put(store, make_entry("http://a.example/2"))
     assert first.variant < second.variant
     assert int(first.variant[:16], 16) <= time.time_ns()
+
+
+# -- a clean close, and a truncated database at start ----------------------------
+
+
+async def test_close_closes_every_threads_connection_without_the_gc(directory: Path) -> None:
+    """diskcache keeps a connection per thread, and the last to close
+    checkpoints the WAL. A sqlite3 connection is in a reference cycle (its
+    statement cache refers back to it), so without an explicit close only
+    the collector frees it, and gctune freezes what start-up made: close()
+    must close each thread's, or the WAL stays beside cache.db."""
+    store = await DiskStore.open(str(directory), threads=4)
+    await asyncio.gather(
+        *(put(store, make_entry(f"http://a.example/{i}"), bytes(2000)) for i in range(40))
+    )
+    gc.freeze()  # as gctune does once the proxy is up: these connections included
+    try:
+        await asyncio.gather(*(store.lookup(f"http://a.example/{i}") for i in range(40)))
+        await store.close()
+        assert not (directory / "cache.db-wal").exists()
+    finally:
+        gc.unfreeze()
+    assert (directory / "cache.db").stat().st_size > 40 * 2000
+
+
+def _sqlite_db(path: Path, rows: int) -> None:
+    con = sqlite3.connect(path)
+    con.execute("PRAGMA journal_mode=wal")
+    con.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v BLOB)")
+    con.executemany("INSERT INTO t VALUES (?, ?)", [(i, bytes(500)) for i in range(rows)])
+    con.commit()
+    con.close()  # the last connection: checkpointed, the WAL removed
+
+
+def _header(path: Path) -> bytes:
+    return path.read_bytes()[:100]
+
+
+@pytest.mark.parametrize(
+    ("damage", "truncated"),
+    [
+        pytest.param(lambda db: None, False, id="whole"),
+        pytest.param(lambda db: os.truncate(db, db.stat().st_size // 3), True, id="a third"),
+        pytest.param(lambda db: os.truncate(db, db.stat().st_size - 1), True, id="one byte short"),
+        pytest.param(lambda db: db.unlink(), False, id="no database yet"),
+        pytest.param(lambda db: db.write_bytes(b"garbage" * 100), False, id="not SQLite's"),
+        pytest.param(
+            lambda db: (
+                os.truncate(db, db.stat().st_size // 3),
+                db.with_name("cache.db-wal").write_bytes(b"x"),
+            ),
+            False,
+            id="a WAL beside it: SQLite's to judge",
+        ),
+        pytest.param(
+            lambda db: (
+                db.write_bytes(_header(db)[:92] + b"\xff\xff\xff\xff" + db.read_bytes()[96:]),
+                os.truncate(db, db.stat().st_size // 3),
+            ),
+            False,
+            id="header size not valid (counters differ)",
+        ),
+    ],
+)
+def test_truncation(tmp_path: Path, damage: Callable[[Path], object], truncated: bool) -> None:
+    db = tmp_path / "cache.db"
+    _sqlite_db(db, 200)
+    damage(db)
+    reason = _truncation(str(db))
+    assert (reason is not None) == truncated
+    if truncated:
+        assert reason is not None and reason.startswith("truncated: ")
+
+
+@given(header=st.binary(min_size=0, max_size=120), size=st.integers(0, 1 << 20))
+def test_truncation_reads_any_header(
+    tmp_path_factory: pytest.TempPathFactory, header: bytes, size: int
+) -> None:
+    """Whatever the first bytes: a reason only for SQLite's magic with valid
+    counters and fewer bytes than the header's page count says; never an
+    exception."""
+    db = tmp_path_factory.mktemp("h") / "cache.db"
+    db.write_bytes(header)
+    os.truncate(db, max(size, len(header)))
+    reason = _truncation(str(db))
+    if reason is not None:
+        assert header.startswith(b"SQLite format 3\x00") and header[24:28] == header[92:96]
