@@ -287,9 +287,15 @@ class Flights:
 
     async def close(self, flight: Flight) -> None:
         """The leader is done with it, whichever way it went."""
+        if self.close_now(flight):
+            await flight._drop_file()
+
+    def close_now(self, flight: Flight) -> bool:
+        """`close` without its await: True when a spilled buffer is left to
+        drop (then `close`, or `flight._drop_file()`), as on few flights."""
         self.land(flight)
         flight.abandon()
-        await flight._drop_file()
+        return flight._file is not None
 
     def passing(self, key: str, now: float) -> bool:
         """Is `key` marked hit-for-pass at `now`?"""
