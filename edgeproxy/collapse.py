@@ -292,7 +292,8 @@ class Flights:
 
     def close_now(self, flight: Flight) -> bool:
         """`close` without its await: True when a spilled buffer is left to
-        drop (then `close`, or `flight._drop_file()`), as on few flights."""
+        drop (then `close` as well: landing and releasing twice is harmless),
+        as on few flights."""
         self.land(flight)
         flight.abandon()
         return flight._file is not None

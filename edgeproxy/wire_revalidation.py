@@ -179,8 +179,9 @@ class WireJob:
             flight = self.flight  # None once handed over with the answer
             # Waiters without an outcome: Released. Awaited only to drop a
             # spilled buffer (a coroutine a job otherwise costs ~2%).
-            if flight is not None and self.edge.flights.close_now(flight):
-                await flight._drop_file()
+            flights = self.edge.flights
+            if flight is not None and flights.close_now(flight):
+                await flights.close(flight)  # again, idempotent: drops the file
 
     async def _send(self, transport: asyncio.Transport) -> bool:
         raise NotImplementedError
