@@ -1237,8 +1237,8 @@ class DiskStore:
         SQLite connection (diskcache keeps one per thread, and its close()
         closes the calling thread's only). The last one to close checkpoints
         the WAL, so a clean stop leaves cache.db whole. Left to the garbage
-        collector, a connection in a reference cycle (its eviction hook
-        refers back to this store) stayed open until exit, or for good once
+        collector, a connection (in a reference cycle: its statement cache
+        refers back to it) stayed open until exit, or for good once
         frozen (gctune), and the WAL stayed beside the database."""
         cache = self._opened
         if cache is None:
