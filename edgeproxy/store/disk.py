@@ -1243,10 +1243,14 @@ class DiskStore:
         cache = self._opened
         if cache is None:
             return
-        try:
-            cache.close()
-        except LOW_ERRORS as e:
-            log.warning("closing the cache's connection: %s", e)
+        # One at a time: SQLite checkpoints on the close that finds no other
+        # connection; two closing at once can each see the other and both
+        # skip it (the WAL then stayed in about one stop in five).
+        with self._open_lock:
+            try:
+                cache.close()
+            except LOW_ERRORS as e:
+                log.warning("closing the cache's connection: %s", e)
 
 
 def _init_schema(cache: diskcache.Cache) -> None:
