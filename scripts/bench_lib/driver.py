@@ -38,7 +38,7 @@ from bench_lib.servers import (
     wait_http,
 )
 from bench_lib.stack import CLIENT_CORE, MIB, OBJECTS, SERVER_CORE, Origin, Stack, find_tool
-from bench_lib.versus import DEFAULT_KEYS, versus
+from bench_lib.versus import DEFAULT_KEYS, REFERENCES, versus
 
 REPO = Path(__file__).resolve().parents[2]
 RSS_LIMIT_16M = 150 * MIB  # the bound for a 16 MiB miss to 50 clients
@@ -664,7 +664,8 @@ def _parser() -> argparse.ArgumentParser:
         "--versus",
         metavar="DIR",
         help="instead: this tree (or --src) against the tree in DIR, both at once on one "
-        "core, CPU per request (hit-1k, client-304, revalidate, miss; --only to choose)",
+        "core, CPU per request (hit-1k, client-304, revalidate, miss; --only to choose); "
+        "DIR 'passthrough' or 'bare': against that reference (uvloop) instead",
     )
     p.add_argument(
         "--versus-keys",
@@ -834,7 +835,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not (opts.src / "edgeproxy" / "__main__.py").exists():
         print(f"--src {opts.src}: no edgeproxy package there", file=sys.stderr)
         return 2
-    if opts.versus:
+    if opts.versus and opts.versus not in REFERENCES:
         opts.versus = Path(opts.versus).resolve()
         if not (opts.versus / "edgeproxy" / "__main__.py").exists():
             print(f"--versus {opts.versus}: no edgeproxy package there", file=sys.stderr)

@@ -29,6 +29,9 @@ from bench_lib.servers import Proc, free_port, wait_http
 from bench_lib.stack import SERVER_CORE, Stack
 
 SCENARIOS = ("hit-1k", "client-304", "revalidate", "miss")
+# `--versus passthrough` / `--versus bare`: A is that reference app (uvloop),
+# the one the full bench's ratio for the scenario is taken against.
+REFERENCES = ("passthrough", "bare")
 DEFAULT_KEYS = 400
 
 
@@ -39,10 +42,18 @@ class Side:
     requests: int
     cpu_s: float
     p99_ms: float
+    threads: dict[str, float]  # CPU seconds by thread name over the run
 
     @property
     def us_per_request(self) -> float:
         return self.cpu_s / self.requests * 1e6 if self.requests else float("nan")
+
+    def split(self) -> str:
+        """CPU per request by thread name: where a request's CPU went."""
+        if not self.requests:
+            return ""
+        parts = sorted(self.threads.items(), key=lambda kv: -kv[1])
+        return " ".join(f"{name} {s / self.requests * 1e6:.0f}" for name, s in parts if s > 0)
 
 
 @dataclass(frozen=True)
@@ -75,12 +86,17 @@ HEADER = (
 )
 
 
-async def _start(stack: Stack, label: str, tree: Path, n: int) -> Proc:
+async def _start(stack: Stack, label: str, tree: Path | str, n: int) -> Proc:
     port = free_port()
-    argv = stack.edgeproxy_argv(port, f"cache-versus-{label}-{n}", ["--workers", "1"])
-    proc = stack.procs.start(
-        f"edgeproxy-{label}-{n}", argv, SERVER_CORE, port, env=stack._env(), cwd=tree
-    )
+    if isinstance(tree, str):  # a reference app
+        assert stack.origin is not None
+        argv = [stack.python, "-m", "bench_lib.apps", tree, "--port", str(port)]
+        argv += ["--loop", "uvloop", "--upstream", stack.origin.url]
+        cwd = stack.repo
+    else:
+        argv = stack.edgeproxy_argv(port, f"cache-versus-{label}-{n}", ["--workers", "1"])
+        cwd = tree
+    proc = stack.procs.start(f"{label}-{n}", argv, SERVER_CORE, port, env=stack._env(), cwd=cwd)
     await wait_http(proc)
     return proc
 
@@ -94,6 +110,7 @@ async def _load(
     opts: argparse.Namespace,
 ) -> Side:
     cpu0 = proc.cpu_seconds()
+    threads0 = proc.thread_cpu_seconds()
     res = await wrk.run(
         f"http://127.0.0.1:{proc.port}{path}",
         seconds,
@@ -106,7 +123,9 @@ async def _load(
             "BENCH_KEYS": str(opts.versus_keys),
         },
     )
-    return Side(res.requests, proc.cpu_seconds() - cpu0, res.p99_ms)
+    cpu = proc.cpu_seconds() - cpu0
+    threads = {name: s - threads0.get(name, 0.0) for name, s in proc.thread_cpu_seconds().items()}
+    return Side(res.requests, cpu, res.p99_ms, threads)
 
 
 async def versus(stack: Stack, opts: argparse.Namespace) -> int:
@@ -118,7 +137,7 @@ async def versus(stack: Stack, opts: argparse.Namespace) -> int:
     unknown = [w for w in wanted if w not in SCENARIOS]
     if unknown:
         raise ValueError(f"--versus runs {', '.join(SCENARIOS)}; not {', '.join(unknown)}")
-    trees: dict[str, Path] = {"A": opts.versus, "B": stack.src}  # resolved by main()
+    trees: dict[str, Path | str] = {"A": opts.versus, "B": stack.src}  # resolved by main()
     print(f"A: {trees['A']}\nB: {trees['B']}\n", flush=True)
     results: dict[str, list[Round]] = {}
     n = 0
@@ -131,7 +150,8 @@ async def versus(stack: Stack, opts: argparse.Namespace) -> int:
             try:
                 headers = {}
                 for k, proc in procs.items():
-                    headers[k], problem = await prepare(sc, "edgeproxy", proc.port)
+                    kind = trees[k] if isinstance(trees[k], str) else "edgeproxy"
+                    headers[k], problem = await prepare(sc, str(kind), proc.port)
                     if problem:
                         raise RuntimeError(f"{name}, tree {k}: {problem}")
                 await asyncio.gather(
@@ -156,6 +176,7 @@ async def versus(stack: Stack, opts: argparse.Namespace) -> int:
                 f"B {b.us_per_request:6.0f} us/req  B/A {r.ratio:.3f}",
                 flush=True,
             )
+            print(f"    by thread, us/req: A {a.split()}; B {b.split()}", flush=True)
     print("\nCPU per request, both trees at once on one core (medians of the rounds)\n")
     print(HEADER)
     for name, rounds in results.items():
