@@ -662,12 +662,12 @@ class DiskStore:
         sql("DELETE FROM edge_variants WHERE id = ?", (vid,))
         self._cache.delete(BODY + variant)
 
-    def _insert(self, sql: Sql, entry: Entry) -> int:
-        """Index the variant; its row id."""
+    def _insert(self, sql: Sql, entry: Entry, vary: str) -> int:
+        """Index the variant (`vary`: its _vary_id); its row id."""
         meta = jsontext.dumps(entry.to_dict())
         cur = sql(
             "INSERT INTO edge_variants (variant, key, vary, soft, meta) VALUES (?, ?, ?, ?, ?)",
-            (entry.variant, entry.key, _vary_id(entry), int(entry.soft_purged), meta),
+            (entry.variant, entry.key, vary, int(entry.soft_purged), meta),
         )
         vid = cur.lastrowid
         assert vid is not None  # an INSERT into a rowid table
@@ -944,10 +944,15 @@ class DiskStore:
         entry as stored and the key's variants after it (`_siblings`)."""
         entry = _admissible(*admitting)  # before any write: a ban leaves nothing to undo
         if inline is not None:
-            self._set_body(body_key, inline)  # no cull: the caller's, once a transaction
-        present = sql("SELECT 1 FROM Cache WHERE key = ? AND raw = 1", (body_key,))
-        if present.fetchone() is None:
-            raise StoreError(f"{entry.key}: body evicted before its commit")
+            # No cull in it (the caller's, once a transaction), so the body
+            # is there for the rest of this transaction: nothing to check.
+            self._set_body(body_key, inline)
+        else:
+            # Stored in a transaction of its own before this one: a cull since
+            # may have taken it.
+            present = sql("SELECT 1 FROM Cache WHERE key = ? AND raw = 1", (body_key,))
+            if present.fetchone() is None:
+                raise StoreError(f"{entry.key}: body evicted before its commit")
         # One read of the key's variants. A new response replaces the stored
         # one it would be selected instead of: same Vary names and values
         # (RFC 9111 section 4.1). The rest stay, the oldest going first
@@ -963,7 +968,7 @@ class DiskStore:
                 self._drop(sql, vid, variant)
             else:
                 kept.append((vid, variant, soft, meta))
-        kept.append((self._insert(sql, entry), entry.variant, int(entry.soft_purged), None))
+        kept.append((self._insert(sql, entry, vary), entry.variant, int(entry.soft_purged), None))
         for vid, variant, _, _ in kept[:-MAX_VARIANTS]:
             self._drop(sql, vid, variant)
         return entry, self._siblings(sql, entry, kept[-MAX_VARIANTS:])

@@ -306,6 +306,10 @@ async def test_stale_tag_rows_are_skipped_and_dropped_when_met(
 async def test_commit_whose_body_was_evicted_meanwhile_fails_cleanly(
     store: DiskStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # A file body is stored in a transaction of its own before the one that
+    # indexes it, so another worker's cull can take it in between. (An
+    # inline body is set in the indexing transaction itself, under its
+    # write lock, with no cull in set(): nobody can take it meanwhile.)
     cache = store._cache
     real_set = cache.set
 
@@ -316,7 +320,7 @@ async def test_commit_whose_body_was_evicted_meanwhile_fails_cleanly(
 
     monkeypatch.setattr(cache, "set", set_then_evict)
     with pytest.raises(StoreError):
-        await put(store, make_entry("http://a.example/"))
+        await put(store, make_entry("http://a.example/"), bytes(100_000))
     monkeypatch.undo()
     assert await store.lookup("http://a.example/") == []
     assert (await store.stats())["entries"] == 0
