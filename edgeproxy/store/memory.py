@@ -60,18 +60,15 @@ def metadata_size(key: str, entries: list[Entry]) -> int:
     """What a variant list costs in memory, roughly (charged to max_bytes)."""
     n = len(key)
     for e in entries:
-        n += ENTRY_OVERHEAD
-        for k, v in e.fields.items():
-            n += FIELD_OVERHEAD + len(k) + len(v)
+        count, chars = e.field_lines
+        n += ENTRY_OVERHEAD + FIELD_OVERHEAD * count + chars
     return n
 
 
 def built_size(entry: Entry) -> int:
     """What the head templates a hit builds from `entry` cost, roughly."""
-    n = BUILT_OVERHEAD
-    for k, v in entry.fields.items():
-        n += BUILT_FIELD_OVERHEAD + len(k) + len(v)
-    return n
+    count, chars = entry.field_lines
+    return BUILT_OVERHEAD + BUILT_FIELD_OVERHEAD * count + chars
 
 
 def key_charge(meta_bytes: int, body_sizes: Iterable[int]) -> int:

@@ -184,7 +184,7 @@ def test_with_changes_is_dataclasses_replace_with_memos_unset(changes: dict[str,
     import dataclasses
 
     e = make_entry()
-    _ = (e.cache_control, e.date)  # memoised on the original
+    _ = (e.cache_control, e.date, e.field_lines)  # memoised on the original
     new = e.with_changes(**changes)
     assert new == dataclasses.replace(e, **changes)
     assert all(
@@ -193,6 +193,17 @@ def test_with_changes_is_dataclasses_replace_with_memos_unset(changes: dict[str,
         if f.init
     )
     assert (new._cc, new._date, new._initial_age, new._lifetime) == (None, None, None, None)
+    assert new._lines is None
+
+
+@given(st.lists(st.tuples(st.text(), st.text()), max_size=8))
+def test_field_lines_count_the_lines_and_their_characters(lines: list[tuple[str, str]]) -> None:
+    from multidict import CIMultiDict, CIMultiDictProxy
+
+    e = make_entry().with_changes(fields=CIMultiDictProxy(CIMultiDict(lines)))
+    expected = (len(lines), sum(len(k) + len(v) for k, v in lines))
+    assert e.field_lines == expected
+    assert e.field_lines == expected  # the memo answers the same
 
 
 def test_with_changes_refuses_unknown_fields() -> None:
