@@ -13,4 +13,8 @@ asyncio, yaml or time, and every decision takes `now` as an argument
 (enforced by tests/unit/test_layering.py).
 """
 
+from edgeproxy import compiled as _compiled
+
 __version__ = "0.1.0"
+
+_compiled.check()  # never run a compiled module older than its source

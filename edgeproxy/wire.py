@@ -43,6 +43,7 @@ import functools
 import os
 import time
 from collections.abc import Callable
+from typing import Final
 
 from multidict import CIMultiDict
 
@@ -84,7 +85,7 @@ class _RouteMemo:
     calls, once per URL: hot URLs are what a cache answers over and over.
     Bounded: cleared when full, and when the snapshot changes (a reload)."""
 
-    MAX = 4096
+    MAX: Final = 4096  # Final: a class constant, compiled or not
 
     def __init__(self) -> None:
         self._snap: Snapshot | None = None

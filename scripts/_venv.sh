@@ -19,6 +19,39 @@ ensure_venv() {
     fi
 }
 
+# ensure_compiled required|optional: compile the hot path with mypyc (the
+# modules edgeproxy/compiled.py lists), in place, unless the build in place
+# is of their current sources. EDGEPROXY_PURE=1 removes any build instead
+# (the plain sources run). "required" (scripts/test): a failed build fails;
+# "optional" (scripts/run): it says so and runs the plain sources.
+ensure_compiled() {
+    local mode="$1"
+    local check=(env PYTHONDONTWRITEBYTECODE=1 "$VENV/bin/python" edgeproxy/compiled.py)
+    if [ "${EDGEPROXY_PURE:-}" = 1 ]; then
+        "${check[@]}" --clean >/dev/null
+        echo "== EDGEPROXY_PURE=1: running the plain sources, not compiled"
+        return 0
+    fi
+    if "${check[@]}" --current; then
+        return 0
+    fi
+    echo "== compiling the hot path with mypyc (edgeproxy/compiled.py; about a minute)"
+    "${check[@]}" --clean >/dev/null
+    local log="$VENV/compile.log"
+    if EDGEPROXY_COMPILE=1 "$VENV/bin/python" setup.py -q build_ext --inplace >"$log" 2>&1 \
+        && "${check[@]}" --current; then
+        return 0
+    fi
+    grep -E "error" "$log" | head -20 || tail -20 "$log"
+    "${check[@]}" --clean >/dev/null
+    if [ "$mode" = required ]; then
+        echo "== compiling failed (log: $log)" >&2
+        return 1
+    fi
+    echo "== compiling failed (log: $log): running the plain sources" >&2
+    return 0
+}
+
 # ensure_redis_server: the cluster tests (tests/e2e/test_cluster*.py) start their
 # own redis-server processes on loopback; install Debian's package when missing.
 # Failure is tolerated: those tests then skip, saying why.

@@ -86,9 +86,13 @@ class Entry:
 
     def with_changes(self, **changes: Any) -> Entry:
         """dataclasses.replace, in half the time (2.8 vs 5-7 us; a 304's merge
-        and every commit make one or two): the memoised fields start unset."""
+        and every commit make one or two): the memoised fields start unset.
+        Compiled (edgeproxy/compiled.py), the class is native and its own
+        constructor is the fast way (object.__new__ refuses it)."""
         if not changes.keys() <= _INIT_SET:
             raise TypeError(f"Entry has no fields {sorted(changes.keys() - _INIT_SET)}")
+        if _NATIVE:
+            return Entry(**{n: changes[n] if n in changes else getattr(self, n) for n in _INIT})
         new = _new(Entry)
         for name in _INIT:
             _set(new, name, changes[name] if name in changes else getattr(self, name))
@@ -124,6 +128,7 @@ _INIT_SET = frozenset(_INIT)
 _MEMO = tuple(f.name for f in fields(Entry) if not f.init)
 _new = object.__new__
 _set = object.__setattr__
+_NATIVE = __file__.endswith(".so")  # compiled by mypyc (edgeproxy/compiled.py)
 
 
 class CorruptEntry(ValueError):

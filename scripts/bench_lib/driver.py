@@ -687,6 +687,14 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+async def build_kind(python: str, tree: Path) -> str:
+    """Whether `tree` runs compiled (a current mypyc build, edgeproxy/compiled.py)."""
+    if not (tree / "edgeproxy" / "compiled.py").exists():
+        return "plain sources (no mypyc build in that tree)"
+    code, _ = await capture([python, "edgeproxy/compiled.py", "--current"], tree)
+    return "compiled (mypyc)" if code == 0 else "plain sources (scripts/compile builds it)"
+
+
 async def amain(opts: argparse.Namespace, tmp: Path, procs: Procs) -> int:
     src: Path = opts.src
     stack = Stack(procs, tmp, opts.python, REPO, src)
@@ -695,6 +703,9 @@ async def amain(opts: argparse.Namespace, tmp: Path, procs: Procs) -> int:
     _, helptext = await capture([opts.python, "-m", "edgeproxy", "serve", "--help"], src)
     workers_flag = "--workers" in helptext
     uvloop_ok = (await capture([opts.python, "-c", "import uvloop"]))[0] == 0
+    for label, tree in (("edgeproxy", src), ("versus", opts.versus)):
+        if isinstance(tree, Path):
+            print(f"{label} from {tree}: {await build_kind(opts.python, tree)}", flush=True)
     if opts.versus:
         return await versus(stack, opts)
     if opts.profile:

@@ -1,0 +1,162 @@
+"""The mypyc build of the hot path (edgeproxy/compiled.py): what runs is what
+was built from the sources as they are, and the plain sources still work.
+
+scripts/test compiles first and sets EDGEPROXY_EXPECT_COMPILED=1: the suite
+then runs against the extensions, and this says so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.util
+import os
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from edgeproxy import compiled
+from edgeproxy.policy.entry import Entry
+from tests.contract.helpers import make_entry
+
+SO = ".cpython-311-x86_64-linux-gnu.so"
+
+
+@pytest.mark.skipif(
+    os.environ.get("EDGEPROXY_EXPECT_COMPILED") != "1",
+    reason="not run by scripts/test, which compiles first (scripts/compile)",
+)
+@pytest.mark.parametrize("module", compiled.MODULES)
+def test_every_listed_module_runs_compiled(module: str) -> None:
+    name = "edgeproxy." + module.removesuffix(".py").replace("/", ".")
+    loaded = importlib.import_module(name)
+    assert compiled.is_compiled(loaded.__file__), loaded.__file__
+    assert compiled.current()
+
+
+def package(tmp_path: Path, sources: dict[str, str]) -> Path:
+    pkg = tmp_path / "pkg"
+    for rel, text in sources.items():
+        (pkg / rel).parent.mkdir(parents=True, exist_ok=True)
+        (pkg / rel).write_text(text)
+    return pkg
+
+
+def build(pkg: Path, modules: tuple[str, ...]) -> None:
+    """What setup.py does: the manifest, then an extension beside each source."""
+    compiled.write_manifest(pkg, modules)
+    for m in modules:
+        (pkg / (m.removesuffix(".py") + SO)).write_bytes(b"\x7fELF")
+
+
+MODS = ("a.py", "sub/b.py")
+
+
+@pytest.mark.parametrize(
+    ("change", "stale", "current"),
+    [
+        pytest.param(None, [], True, id="built from these sources"),
+        pytest.param(("a.py", "x = 2\n"), ["a.py"], False, id="a source edited since"),
+        pytest.param(("sub/b.py", "y = 1 \n"), ["sub/b.py"], False, id="whitespace counts"),
+        pytest.param(("manifest", None), ["a.py", "sub/b.py"], False, id="no manifest"),
+        pytest.param(("manifest", "{not json"), ["a.py", "sub/b.py"], False, id="bad manifest"),
+        pytest.param(("extra.so", None), [], False, id="a module built but not listed"),
+        pytest.param(("lost", "a.py"), [], False, id="a listed module not built"),
+    ],
+)
+def test_stale_and_current(
+    tmp_path: Path, change: tuple[str, str | None] | None, stale: list[str], current: bool
+) -> None:
+    pkg = package(tmp_path, {"a.py": "x = 1\n", "sub/b.py": "y = 1\n", "c.py": "z = 1\n"})
+    build(pkg, MODS)
+    (pkg / ("native__mypyc" + SO)).write_bytes(b"")  # the shared runtime: no source
+    if change is not None:
+        what, value = change
+        if what == "manifest":
+            manifest = pkg / compiled.MANIFEST.name
+            manifest.unlink() if value is None else manifest.write_text(value)
+        elif what == "extra.so":
+            (pkg / ("c" + SO)).write_bytes(b"")
+            compiled.write_manifest(pkg, (*MODS, "c.py"))
+        elif what == "lost":
+            assert value is not None
+            (pkg / (value.removesuffix(".py") + SO)).unlink()
+        else:
+            assert value is not None
+            (pkg / what).write_text(value)
+    assert compiled.stale(pkg) == stale
+    modules = (*MODS, "c.py") if change is not None and change[0] == "extra.so" else MODS
+    assert compiled.current(pkg, MODS) is current
+    if change is not None and change[0] == "extra.so":
+        assert compiled.current(pkg, modules)  # listed as built: current again
+    if stale:
+        with pytest.raises(compiled.StaleBuild, match="scripts/compile"):
+            compiled.check(pkg)
+    else:
+        compiled.check(pkg)
+
+
+def test_clean_removes_the_build_and_the_sources_remain(tmp_path: Path) -> None:
+    pkg = package(tmp_path, {"a.py": "x = 1\n", "sub/b.py": "y = 1\n"})
+    build(pkg, MODS)
+    assert compiled.clean(pkg) == 2
+    assert compiled.built(pkg) == [] and not (pkg / compiled.MANIFEST.name).exists()
+    assert (pkg / "a.py").exists() and compiled.stale(pkg) == []
+
+
+def test_the_listed_modules_exist() -> None:
+    assert all((compiled.PACKAGE / m).is_file() for m in compiled.MODULES)
+    assert len(set(compiled.MODULES)) == len(compiled.MODULES)
+
+
+# -- the plain source of what compiling changes: policy/entry.py's with_changes --
+
+
+def plain(module: str) -> ModuleType:
+    """A module from its .py source, whether or not an extension shadows it."""
+    path = compiled.PACKAGE / (module.replace(".", "/") + ".py")
+    spec = importlib.util.spec_from_file_location(f"plain_{module.replace('.', '_')}", path)
+    assert spec is not None and spec.loader is not None
+    loaded = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = loaded  # dataclasses looks its module up
+    try:
+        spec.loader.exec_module(loaded)
+    finally:
+        del sys.modules[spec.name]
+    return loaded
+
+
+def test_plain_entry_is_not_native() -> None:
+    assert plain("policy.entry")._NATIVE is False
+
+
+@given(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "response_time": st.floats(0, 2e9),
+            "variant": st.text(max_size=5),
+            "body_size": st.integers(0, 10**9),
+            "soft_purged": st.booleans(),
+            "tags": st.lists(st.text(max_size=3), max_size=2).map(tuple),
+        },
+    )
+)
+def test_with_changes_is_replace_plain_and_as_built(changes: dict[str, object]) -> None:
+    entry_mod = plain("policy.entry")
+    built = make_entry("http://a/")
+    init = [f.name for f in dataclasses.fields(Entry) if f.init]
+    mine = entry_mod.Entry(**{name: getattr(built, name) for name in init})
+    _ = (mine.cache_control, mine.date, built.cache_control, built.field_lines)
+    for e, cls in ((mine, entry_mod.Entry), (built, Entry)):
+        new = e.with_changes(**changes)
+        assert type(new) is cls
+        for f in dataclasses.fields(cls):
+            if f.init:
+                assert getattr(new, f.name) == changes.get(f.name, getattr(e, f.name))
+            else:
+                assert getattr(new, f.name) is None  # the memos start unset
