@@ -15,7 +15,7 @@ them (`check`). Without a build (no compiler, or `pip install` without
 EDGEPROXY_COMPILE=1) the package runs as plain Python, the same code.
 
 Left out, and why: modules with async generators (mypyc does not compile
-them: collapse.py, h1client.py, fill.py's pumps), classes that Python
+them: collapse.py, fill.py's pumps; h1client.py's one became a class), classes that Python
 classes or other compiled classes' subclasses combine (serving.Responder
 and upstream.UpstreamClient are both bases of fill.Relay; a compiled class
 admits one compiled base), the store's I/O modules (store/tiered.py and
@@ -64,6 +64,7 @@ MODULES: tuple[str, ...] = (
     "forwarding.py",
     "routing.py",
     "store/memory.py",
+    "h1client.py",
     "wire.py",
     "wire_head.py",
     "wire_miss.py",

@@ -452,8 +452,14 @@ class OriginResponse:
         yet or not): reading it will not wait."""
         return self._complete and self._error is None
 
-    async def iter_chunked(self, n: int) -> AsyncIterator[bytes]:
-        """The body as it arrives, in pieces of at most `n` bytes."""
+    def iter_chunked(self, n: int) -> _Chunks:
+        """The body as it arrives, in pieces of at most `n` bytes (an
+        iterator class, not an async generator: mypyc compiles those not)."""
+        return _Chunks(self, n)
+
+    async def next_chunk(self, n: int) -> bytes | None:
+        """The next piece of the body (at most `n` bytes) once there is one;
+        None at its end."""
         chunks = self._chunks
         while True:
             if chunks:
@@ -467,12 +473,11 @@ class OriginResponse:
                     self._last_read = self._loop.time()
                     if self._conn is not None and self._conn.transport is not None:
                         self._conn.transport.resume_reading()
-                yield chunk
-                continue
+                return chunk
             if self._error is not None:
                 raise self._error
             if self._complete:
-                return
+                return None
             self._waiter = self._loop.create_future()
             try:
                 await self._waiter
@@ -486,6 +491,26 @@ class OriginResponse:
 
     def close(self) -> None:
         self.release()
+
+
+class _Chunks:
+    """`async for chunk in response.iter_chunked(n)`: OriginResponse.next_chunk
+    until the end."""
+
+    __slots__ = ("_n", "_response")
+
+    def __init__(self, response: OriginResponse, n: int) -> None:
+        self._response = response
+        self._n = n
+
+    def __aiter__(self) -> _Chunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunk = await self._response.next_chunk(self._n)
+        if chunk is None:
+            raise StopAsyncIteration
+        return chunk
 
 
 @dataclass(frozen=True, slots=True)
