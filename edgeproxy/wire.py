@@ -154,17 +154,22 @@ class FileHit:
         if body is None:
             return False
         sent = 0
+        # No `finally` with an await in it: compiled, one re-raises an error
+        # an earlier coroutine handled (edgeproxy/compiled.py: no await in a finally).
         try:
             if body.file is None:  # kept in memory meanwhile: sent with the head
                 data = body.data or b""
                 transport.write(self.head + data)
                 sent = len(data)
-                return True
-            transport.write(self.head)
-            sent = await send_file(transport, body.file.fileno(), 0, self.entry.body_size)
-        finally:
+            else:
+                transport.write(self.head)
+                sent = await send_file(transport, body.file.fileno(), 0, self.entry.body_size)
+        except BaseException:
             self.finish(sent)
             await close_body(body)
+            raise
+        self.finish(sent)
+        await close_body(body)
         return True
 
 

@@ -160,3 +160,45 @@ def test_with_changes_is_replace_plain_and_as_built(changes: dict[str, object]) 
                 assert getattr(new, f.name) == changes.get(f.name, getattr(e, f.name))
             else:
                 assert getattr(new, f.name) is None  # the memos start unset
+
+
+# -- no await in a finally (edgeproxy/compiled.py: mypyc re-raises a stale error) --
+
+
+def awaits_in_finally(source: str) -> list[int]:
+    """Lines of awaits (await, async for, async with) inside a `finally`."""
+    import ast
+
+    out: list[int] = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Try | ast.TryStar):
+            for stmt in node.finalbody:
+                out += [
+                    n.lineno
+                    for n in ast.walk(stmt)
+                    if isinstance(n, ast.Await | ast.AsyncFor | ast.AsyncWith)
+                ]
+    return sorted(out)
+
+
+@pytest.mark.parametrize("module", compiled.MODULES)
+def test_no_compiled_module_awaits_in_a_finally(module: str) -> None:
+    assert awaits_in_finally((compiled.PACKAGE / module).read_text()) == []
+
+
+@pytest.mark.parametrize(
+    ("source", "lines"),
+    [
+        ("async def f():\n    try:\n        pass\n    finally:\n        await g()\n", [5]),
+        ("async def f():\n    try:\n        await g()\n    finally:\n        h()\n", []),
+        ("async def f():\n    try:\n        pass\n    except E:\n        await g()\n", []),
+        (
+            "async def f():\n    try:\n        pass\n    finally:\n"
+            "        async with x:\n            pass\n",
+            [5],
+        ),
+        ("async def f():\n    try:\n        pass\n    finally:\n        def h(): pass\n", []),
+    ],
+)
+def test_awaits_in_finally_finds_them(source: str, lines: list[int]) -> None:
+    assert awaits_in_finally(source) == lines
