@@ -8,13 +8,17 @@ same in ~0.9 and ~1.8.
 
 orjson refuses a few things json takes: lone surrogates (field values are
 decoded with surrogateescape, so an undecodable byte from an origin is one),
-integers past 64 bits, and NaN or Infinity on reading. Those go through
-json, so every value reads back as json would read it back.
+integers past 64 bits on writing, and NaN or Infinity on reading. Those go
+through json, so every value reads back as json would read it back. One it
+does not refuse but reads otherwise: an integer past 64 bits comes back a
+float (orjson 3.13: -9223372036854775809 as -9.223372036854776e+18), so
+text with a run of 19 digits anywhere is read by json (hypothesis found it).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import orjson
@@ -42,9 +46,17 @@ def dumps_exact(strings: list[list[str | None]]) -> str:
     return orjson.dumps(strings).decode()
 
 
+# 19 digits: the shortest number that may not fit in 64 bits (2**63 has 19).
+_LONG = re.compile(r"\d{19}")
+_LONG_BYTES = re.compile(rb"\d{19}")
+
+
 def loads(text: str | bytes) -> Any:
     """The value of JSON text; ValueError if it is not JSON (as json.loads)."""
+    long = _LONG.search(text) if isinstance(text, str) else _LONG_BYTES.search(text)
+    if long is not None:
+        return json.loads(text)  # maybe an integer orjson would make a float
     try:
         return orjson.loads(text)
-    except orjson.JSONDecodeError:  # maybe JSON that json reads: \udc80, NaN, big ints
+    except orjson.JSONDecodeError:  # maybe JSON that json reads: \udc80, NaN
         return json.loads(text)
