@@ -188,10 +188,14 @@ class TieredStore:
         commits in batches) or the caller is cancelled meanwhile."""
 
         async def write() -> T:
+            # Not a `finally`: edgeproxy/compiled.py, no await in a finally.
             try:
-                return await op
-            finally:
+                result = await op
+            except BaseException:
                 await self._publish(hashes)
+                raise
+            await self._publish(hashes)
+            return result
 
         return await asyncio.shield(write())
 
@@ -403,10 +407,14 @@ class TieredStore:
         self._closed = True
         self._disk.on_evict = None
         self._mem.clear()
+        loop = asyncio.get_running_loop()
+        # Not a `finally`: edgeproxy/compiled.py, no await in a finally.
         try:
             await self._disk.close()  # joins its pool: no eviction hook runs after this
-        finally:
-            await asyncio.get_running_loop().run_in_executor(None, self._gen.close)
+        except BaseException:
+            await loop.run_in_executor(None, self._gen.close)
+            raise
+        await loop.run_in_executor(None, self._gen.close)
 
 
 class TieredWriter(CopyingWriter):

@@ -30,6 +30,7 @@ from edgeproxy.reload import Reloader
 from edgeproxy.server import snapshot
 from edgeproxy.state import EDGE, EdgeState
 from edgeproxy.store.base import StoreError
+from edgeproxy.store.tiered import TieredStore
 from tests.conftest import FakeClock
 from tests.e2e.conftest import MakeProxy
 from tests.e2e.harness import Got, Proxy, Reply, ScriptedOrigin, fetch, settle, until
@@ -329,7 +330,11 @@ async def test_store_gauges_left_out_when_the_store_fails(
     async def broken() -> dict[str, int]:
         raise StoreError("database is locked")
 
-    monkeypatch.setattr(admin.edge.store, "stats", broken)
+    store = admin.edge.store
+    # The disk's stats, which the hot tier's are (a compiled TieredStore's own
+    # attributes are read-only).
+    assert isinstance(store, TieredStore)
+    monkeypatch.setattr(store.disk, "stats", broken)
     m = await admin.scrape()
     assert m.get("edgeproxy_workers") == 1  # the rest still answers
     assert not m.series("edgeproxy_cache_entries") and not m.series("edgeproxy_cache_bytes")
