@@ -1312,25 +1312,13 @@ def _open_cache(directory: str, size_limit: int, eviction_policy: str) -> diskca
         if short is not None:
             # SQLite would only notice on reading a missing page, maybe never
             # at start (then later, mid-request): judged here, at once.
-            moved = _move_aside(directory)
-            log.error(
-                "cache database in %s is damaged (%s): moved %s aside; starting empty",
-                directory,
-                short,
-                ", ".join(moved),
-            )
+            _start_empty(directory, short)
         try:
             return _open_diskcache(directory, size_limit, eviction_policy)
         except sqlite3.DatabaseError as e:
             if not _damaged(e):
                 raise
-            moved = _move_aside(directory)
-            log.error(
-                "cache database in %s is damaged (%s): moved %s aside; starting empty",
-                directory,
-                e,
-                ", ".join(moved),
-            )
+            _start_empty(directory, e)
             return _open_diskcache(directory, size_limit, eviction_policy)
     finally:
         os.close(fd)
@@ -1384,6 +1372,17 @@ def _open_diskcache(directory: str, size_limit: int, eviction_policy: str) -> di
 
 def _stamp() -> str:
     return time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}"
+
+
+def _start_empty(directory: str, damage: object) -> None:
+    """Move the damaged database aside (`_move_aside`) and say so at ERROR."""
+    moved = _move_aside(directory)
+    log.error(
+        "cache database in %s is damaged (%s): moved %s aside; starting empty",
+        directory,
+        damage,
+        ", ".join(moved),
+    )
 
 
 def _move_aside(directory: str) -> list[str]:

@@ -692,7 +692,7 @@ async def build_kind(python: str, tree: Path) -> str:
     if not (tree / "edgeproxy" / "compiled.py").exists():
         return "plain sources (no mypyc build in that tree)"
     code, _ = await capture([python, "edgeproxy/compiled.py", "--current"], tree)
-    return "compiled (mypyc)" if code == 0 else "plain sources (scripts/compile builds it)"
+    return "compiled (mypyc)" if code == 0 else "plain sources (not built: docs/benchmarks.md)"
 
 
 async def amain(opts: argparse.Namespace, tmp: Path, procs: Procs) -> int:
