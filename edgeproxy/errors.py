@@ -21,6 +21,13 @@ class OriginUnreachable(EdgeError):
         self.proxy_error = proxy_error
 
 
+class OriginDown(EdgeError):
+    """Every server of the origin is ejected: nothing is tried (RFC 9110 15.6.4)."""
+
+    status_hint = 503
+    proxy_error = ProxyError.DESTINATION_UNAVAILABLE
+
+
 class OriginTimeout(EdgeError):
     status_hint = 504
     proxy_error = ProxyError.HTTP_RESPONSE_TIMEOUT

@@ -129,13 +129,6 @@ async def send(
         raise OriginTimeout(f"origin {origin.name} timed out") from e
 
 
-class OriginDown(EdgeError):
-    """Every server of the origin is ejected: nothing is tried (RFC 9110 15.6.4)."""
-
-    status_hint = 503
-    proxy_error = ProxyError.DESTINATION_UNAVAILABLE
-
-
 # Errors raised before any byte of the request can have reached a server:
 # the connection was never made. Only these may be retried elsewhere.
 _NOT_CONNECTED = frozenset(

@@ -20,7 +20,7 @@ from edgeproxy.accesslog import REQUEST_ID
 from edgeproxy.bodies import CHUNK
 from edgeproxy.collapse import Flight, Flights
 from edgeproxy.config import OriginConfig, Route
-from edgeproxy.errors import EdgeError
+from edgeproxy.errors import EdgeError, OriginDown
 from edgeproxy.exchange import ExchangeState
 from edgeproxy.forwarding import request_headers
 from edgeproxy.h1client import UpstreamResponse
@@ -128,7 +128,7 @@ async def send_upstream(
         if server is None:
             if failure is not None:
                 raise failure  # no other server to retry on
-            raise origin.OriginDown(f"origin {to.name}: all {len(pool.servers)} servers are down")
+            raise OriginDown(f"origin {to.name}: all {len(pool.servers)} servers are down")
         tried.append(server)
         edge.counters["origin_requests"] += 1
         pool.acquire(server)

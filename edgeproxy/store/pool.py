@@ -49,6 +49,7 @@ class StorePool:
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
         self._closed = False
+        self.submitted = 0  # jobs queued so far (a commit's hops, in tests)
 
     def run(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         """Queue `fn(*args)`; the future resolves on the calling loop."""
@@ -66,6 +67,7 @@ class StorePool:
                     t.start()
                     self._threads.append(t)
             self._jobs.put((fn, args, loop, fut))
+            self.submitted += 1
         return fut
 
     def _work(self) -> None:

@@ -455,6 +455,8 @@ async def profile(stack: Stack, sc: Scenario, opts: argparse.Namespace) -> int:
     out = stack.tmp / "profile.raw"
     # py-spy on the client core, the proxy alone on the server core.
     argv = [pyspy, "record", "-r", str(opts.rate), "-f", "raw", "--nolineno", "--threads"]
+    if opts.native:  # C frames too: the compiled modules' functions by name
+        argv.append("--native")
     argv += ["-o", str(out), "--", "taskset", "-c", SERVER_CORE]
     # One process: py-spy follows the process it spawned, not a supervisor's workers.
     argv += stack.edgeproxy_argv(port, "cache-profile", ["--workers", "1"])
@@ -674,6 +676,11 @@ def _parser() -> argparse.ArgumentParser:
         help=f"URLs --versus's revalidate cycles through (default {DEFAULT_KEYS})",
     )
     p.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
+    p.add_argument(
+        "--native",
+        action="store_true",
+        help="--profile: py-spy --native (the compiled modules' C functions by name)",
+    )
     p.add_argument("--top", type=int, default=15, help="rows per profile table")
     p.add_argument("--keep-profile", metavar="FILE", help="save py-spy's collapsed stacks")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (server logs)")
