@@ -22,6 +22,7 @@ a 500.
 
 from __future__ import annotations
 
+import errno
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import IO, Literal, Protocol, runtime_checkable
@@ -32,6 +33,14 @@ from edgeproxy.purge import Purge
 
 class StoreError(Exception):
     """The store can't do what was asked (disk full, unwritable, ...)."""
+
+
+class NotOpen(OSError):
+    """The cache could not be opened (yet): every use of it fails like a disk fault.
+    (Here, not in the compiled disk.py: mypyc compiles no OSError subclass.)"""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(errno.EIO, reason)
 
 
 class Degraded(StoreError):

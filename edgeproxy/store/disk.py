@@ -84,6 +84,7 @@ from dataclasses import dataclass
 from typing import IO, Any, Generic, Literal, TypeVar
 
 import diskcache
+from mypy_extensions import mypyc_attr
 
 from edgeproxy import jsontext
 from edgeproxy.policy.entry import CorruptEntry, Entry, entry_from_dict
@@ -97,8 +98,9 @@ from edgeproxy.purge import (
     host_prefixes,
     matches,
 )
-from edgeproxy.store.base import Banned, Body, Degraded, StoreError, StoreHealth
+from edgeproxy.store.base import Banned, Body, Degraded, NotOpen, StoreError, StoreHealth
 from edgeproxy.store.pool import StorePool
+from edgeproxy.store.reading import read_body
 
 log = logging.getLogger("edgeproxy.store")
 
@@ -311,13 +313,6 @@ def _decode(variant: str, soft: int, meta: Any) -> Entry:
     return entry if entry.soft_purged == bool(soft) else entry.with_changes(soft_purged=bool(soft))
 
 
-class NotOpen(OSError):
-    """The cache could not be opened (yet): every use of it fails like a disk fault."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(errno.EIO, reason)
-
-
 class _Faults:
     """Write-fault state (StoreHealth), read on the loop, changed on pool threads.
 
@@ -488,6 +483,7 @@ def _settle(done: asyncio.Future[R], result: R | BaseException) -> None:
         done.set_result(result)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # tests spy on a plain subclass's instances
 class DiskStore:
     def __init__(
         self,
@@ -647,7 +643,9 @@ class DiskStore:
 
     @property
     def _sql(self) -> Sql:
-        """Autocommit statements (each its own read snapshot) on this thread."""
+        """Autocommit statements (each its own read snapshot) on this thread.
+        Called through a local (`sql = self._sql; sql(...)`): compiled, mypyc
+        (2.4) made `self._sql(...)` call the property with the arguments."""
         sql: Sql = self._cache._sql
         return sql
 
@@ -709,7 +707,8 @@ class DiskStore:
             return []
 
     def _lookup(self, key: str) -> list[Entry]:
-        rows = self._sql(
+        sql = self._sql  # a local: see _sql
+        rows = sql(
             "SELECT id, variant, soft, meta FROM edge_variants WHERE key = ? ORDER BY id", (key,)
         ).fetchall()
         return self._entries(rows)
@@ -742,21 +741,8 @@ class DiskStore:
             return None
         return body
 
-    async def read_body(self, body: Body, chunk_size: int = 65536) -> AsyncIterator[bytes]:
-        if body.data is not None:
-            if body.data:
-                yield body.data
-            return
-        assert body.file is not None
-        f = body.file
-        try:
-            while True:
-                chunk = await self._run(f.read, chunk_size)
-                if not chunk:
-                    return
-                yield chunk
-        finally:
-            await self._run(f.close)
+    def read_body(self, body: Body, chunk_size: int = 65536) -> AsyncIterator[bytes]:
+        return read_body(self._run, body, chunk_size)
 
     async def entries(
         self, prefix: str = "", tag: str | None = None, limit: int = 100
@@ -786,7 +772,8 @@ class DiskStore:
             args = (tag, prefix)
         if end is not None:
             args += (end,)
-        return self._entries(self._sql(query, (*args, limit)).fetchall())
+        sql = self._sql
+        return self._entries(sql(query, (*args, limit)).fetchall())
 
     async def stats(self) -> dict[str, int]:
         if self._opened is None:
@@ -795,7 +782,8 @@ class DiskStore:
 
     def _stats(self) -> dict[str, int]:
         # A trigger-kept counter and diskcache's own size tally: no scan.
-        (variants,) = self._sql("SELECT value FROM edge_meta WHERE name = 'variants'").fetchone()
+        sql = self._sql
+        (variants,) = sql("SELECT value FROM edge_meta WHERE name = 'variants'").fetchone()
         return {"entries": int(variants), "bytes": int(self._cache.volume())}
 
     # -- Store protocol: writes ----------------------------------------------

@@ -6,9 +6,11 @@ from typing import Any
 import aiohttp
 import pytest
 
+from edgeproxy import server
 from tests.conftest import FakeClock
 from tests.e2e import harness
 from tests.e2e.harness import Proxy, ScriptedOrigin, make_config
+from tests.spying import SpiedDiskStore
 
 # A hit has two implementations: the wire fast path (edgeproxy/wire.py) and
 # aiohttp's handler (proxy.handle). Every test in these modules runs on both
@@ -54,6 +56,13 @@ def hit_path(request: pytest.FixtureRequest) -> Iterator[str]:
     harness.FAST_PATH = path == "wire"
     yield path
     harness.FAST_PATH = True
+
+
+@pytest.fixture
+def spied_disk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Proxies started after it open their disk store as a SpiedDiskStore,
+    whose methods a test may replace (tests/spying.py). Ask for it first."""
+    monkeypatch.setattr(server, "DiskStore", SpiedDiskStore)
 
 
 @pytest.fixture

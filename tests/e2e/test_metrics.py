@@ -325,14 +325,14 @@ async def test_origin_failure_is_status_error(
 
 
 async def test_store_gauges_left_out_when_the_store_fails(
-    proxy: Proxy, admin: Admin, monkeypatch: pytest.MonkeyPatch
+    spied_disk: None, proxy: Proxy, admin: Admin, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async def broken() -> dict[str, int]:
         raise StoreError("database is locked")
 
     store = admin.edge.store
-    # The disk's stats, which the hot tier's are (a compiled TieredStore's own
-    # attributes are read-only).
+    # The disk's stats, which the hot tier's are (a SpiedDiskStore: compiled
+    # classes' own attributes are read-only).
     assert isinstance(store, TieredStore)
     monkeypatch.setattr(store.disk, "stats", broken)
     m = await admin.scrape()

@@ -305,6 +305,7 @@ async def test_head_never_gets_206(
     ],
 )
 async def test_ranges_of_a_file_backed_body(
+    spied_disk: None,
     proxy: Proxy,
     origin: ScriptedOrigin,
     client: aiohttp.ClientSession,
@@ -315,8 +316,9 @@ async def test_ranges_of_a_file_backed_body(
 ) -> None:
     fields = await fill(proxy, origin, client, clock, LARGE)
     store = proxy.app[EDGE].store
-    # The disk store's open_body (a compiled TieredStore's own attributes are
-    # read-only): a file-backed body is what the hot tier passes on from it.
+    # The disk store's open_body (a SpiedDiskStore: compiled classes' own
+    # attributes are read-only): a file-backed body is what the hot tier
+    # passes on from it.
     assert isinstance(store, TieredStore)
     disk = store.disk
     opened: list[Body] = []

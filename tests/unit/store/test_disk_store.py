@@ -29,6 +29,7 @@ from edgeproxy.store.base import Banned, StoreError
 from edgeproxy.store.disk import BODY, TMP_MAX_AGE, DiskStore, _truncation, variant_id
 from tests.conftest import FakeClock
 from tests.contract.helpers import T0, make_entry, put, read
+from tests.spying import SpiedDiskStore
 
 OUR_TABLES = ("edge_variants", "edge_tags", "edge_bans", "edge_meta", "Cache")
 
@@ -42,6 +43,14 @@ def directory(tmp_path: Path) -> Path:
 async def store(directory: Path) -> AsyncIterator[DiskStore]:
     # One pool thread: one connection, which the probes below instrument.
     s = await DiskStore.open(str(directory), threads=1)
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+async def spied(directory: Path) -> AsyncIterator[DiskStore]:
+    """As `store`, but its methods may be replaced (tests/spying.py)."""
+    s = await SpiedDiskStore.open(str(directory), threads=1)
     yield s
     await s.close()
 
@@ -427,23 +436,23 @@ async def test_leftover_temp_bodies_are_swept_at_open(directory: Path) -> None:
 
 
 async def test_errors_below_become_store_errors_or_misses(
-    store: DiskStore, monkeypatch: pytest.MonkeyPatch
+    spied: DiskStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    stored = await put(store, make_entry("http://a.example/"))
+    stored = await put(spied, make_entry("http://a.example/"))
 
     def broken(*args: Any) -> Any:
         raise sqlite3.OperationalError("database disk image is malformed")
 
     for name in ("_lookup", "_open_body", "_purge", "_update_batch", "_list"):
-        monkeypatch.setattr(store, name, broken)
-    assert await store.lookup("http://a.example/") == []  # a miss, not a 500
-    assert await store.open_body(stored) is None
+        monkeypatch.setattr(spied, name, broken)
+    assert await spied.lookup("http://a.example/") == []  # a miss, not a 500
+    assert await spied.open_body(stored) is None
     with pytest.raises(StoreError):
-        await store.purge(Purge(PurgeAll(), issued_at=T0))
+        await spied.purge(Purge(PurgeAll(), issued_at=T0))
     with pytest.raises(StoreError):
-        await store.update(stored)
+        await spied.update(stored)
     with pytest.raises(StoreError):
-        await store.entries()
+        await spied.entries()
 
 
 def count_batches(store: DiskStore, job: str, monkeypatch: pytest.MonkeyPatch) -> list[int]:
@@ -460,37 +469,37 @@ def count_batches(store: DiskStore, job: str, monkeypatch: pytest.MonkeyPatch) -
 
 
 async def test_refreshes_arriving_together_share_a_transaction(
-    store: DiskStore, monkeypatch: pytest.MonkeyPatch
+    spied: DiskStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    stored = [await put(store, make_entry(f"http://b.example/{i}")) for i in range(20)]
-    batches = count_batches(store, "_update_batch", monkeypatch)
+    stored = [await put(spied, make_entry(f"http://b.example/{i}")) for i in range(20)]
+    batches = count_batches(spied, "_update_batch", monkeypatch)
     fresh = [e.with_changes(response_time=e.response_time + 5) for e in stored]
-    got = await asyncio.gather(*(store.update_stored(e) for e in fresh))
+    got = await asyncio.gather(*(spied.update_stored(e) for e in fresh))
     assert [g.response_time if g else None for g in got] == [e.response_time for e in fresh]
     assert sum(batches) == 20 and len(batches) < 20  # the first alone, the rest together
     for e in fresh:  # every one written
-        (back,) = await store.lookup(e.key)
+        (back,) = await spied.lookup(e.key)
         assert back.response_time == e.response_time
 
 
 async def test_a_refresh_that_fails_fails_alone(
-    store: DiskStore, monkeypatch: pytest.MonkeyPatch
+    spied: DiskStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    stored = [await put(store, make_entry(f"http://c.example/{i}")) for i in range(6)]
-    real = store._update_row
+    stored = [await put(spied, make_entry(f"http://c.example/{i}")) for i in range(6)]
+    real = spied._update_row
 
     def broken_for_3(sql: Any, entry: Entry, bans: Any) -> Any:
         if entry.key.endswith("/3"):
             raise sqlite3.IntegrityError("not this one")  # an error, not a disk fault
         return real(sql, entry, bans)
 
-    monkeypatch.setattr(store, "_update_row", broken_for_3)
+    monkeypatch.setattr(spied, "_update_row", broken_for_3)
     got = await asyncio.gather(
-        *(store.update_stored(e.with_changes(response_time=T0 + 9)) for e in stored),
+        *(spied.update_stored(e.with_changes(response_time=T0 + 9)) for e in stored),
         return_exceptions=True,
     )
     assert [type(g).__name__ for g in got] == ["Entry"] * 3 + ["StoreError"] + ["Entry"] * 2
-    (kept,) = await store.lookup("http://c.example/5")
+    (kept,) = await spied.lookup("http://c.example/5")
     assert kept.response_time == T0 + 9
 
 
@@ -508,26 +517,26 @@ REFRESHES = [
 
 
 async def test_refreshes_in_one_batch_each_meet_the_bans_after_their_own_request(
-    store: DiskStore, monkeypatch: pytest.MonkeyPatch
+    spied: DiskStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     stored = [
-        await put(store, make_entry(url, tags=("s",) if "/b" in url else ()))
+        await put(spied, make_entry(url, tags=("s",) if "/b" in url else ()))
         for url, _, _ in REFRESHES
     ]
-    await store.purge(Purge(PurgeURL("http://e.example/a"), issued_at=T0 + 5))
+    await spied.purge(Purge(PurgeURL("http://e.example/a"), issued_at=T0 + 5))
     # Stored anew after the purge; its refresh below was asked before it.
-    stored[0] = await put(store, make_entry("http://e.example/a", request_time=T0 + 5.5))
-    await store.purge(Purge(PurgeTags(("s",)), soft=True, issued_at=T0 + 7))
-    batches = count_batches(store, "_update_batch", monkeypatch)
+    stored[0] = await put(spied, make_entry("http://e.example/a", request_time=T0 + 5.5))
+    await spied.purge(Purge(PurgeTags(("s",)), soft=True, issued_at=T0 + 7))
+    batches = count_batches(spied, "_update_batch", monkeypatch)
     got = await asyncio.gather(
         *(
-            store.update_stored(e.with_changes(request_time=t, response_time=t, soft_purged=False))
+            spied.update_stored(e.with_changes(request_time=t, response_time=t, soft_purged=False))
             for e, (_, t, _) in zip(stored, REFRESHES, strict=True)
         )
     )
     assert len(batches) < len(REFRESHES)  # some shared a transaction
     for (url, _, want), g in zip(REFRESHES, got, strict=True):
-        back = await store.lookup(url)
+        back = await spied.lookup(url)
         if want is None:
             assert g is None and back == [], url
         else:
@@ -535,26 +544,26 @@ async def test_refreshes_in_one_batch_each_meet_the_bans_after_their_own_request
 
 
 async def test_small_bodies_arriving_together_commit_in_one_transaction(
-    store: DiskStore, directory: Path, monkeypatch: pytest.MonkeyPatch
+    spied: DiskStore, directory: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # One of them was fetched before a purge of its URL (a ban): refused alone,
     # in its savepoint; the others in the same transaction are stored.
-    await store.purge(Purge(PurgeURL("http://d.example/4"), issued_at=T0 + 1))
-    batches = count_batches(store, "_commit_batch", monkeypatch)
+    await spied.purge(Purge(PurgeURL("http://d.example/4"), issued_at=T0 + 1))
+    batches = count_batches(spied, "_commit_batch", monkeypatch)
     entries = [make_entry(f"http://d.example/{i}") for i in range(12)]
     got = await asyncio.gather(
-        *(put(store, e, body=b"body %d" % i) for i, e in enumerate(entries)),
+        *(put(spied, e, body=b"body %d" % i) for i, e in enumerate(entries)),
         return_exceptions=True,
     )
     assert [type(g).__name__ for g in got] == ["Entry"] * 4 + ["Banned"] + ["Entry"] * 7
     assert sum(batches) == 12 and len(batches) < 12
     assert len(await query(directory, "SELECT key FROM Cache")) == 11  # no body left for 4
     for i, e in enumerate(entries):
-        back = await store.lookup(e.key)
+        back = await spied.lookup(e.key)
         if i == 4:
             assert back == []
         else:
-            assert await read(store, back[0]) == b"body %d" % i
+            assert await read(spied, back[0]) == b"body %d" % i
 
 
 # -- variant ids: time first, for the indexes' sake ----------------------------

@@ -24,12 +24,12 @@ from edgeproxy.http.dates import format_http_date
 from edgeproxy.policy.entry import Entry
 from edgeproxy.purge import Purge, PurgePrefix, PurgeTags, PurgeURL
 from edgeproxy.store.base import Banned
-from edgeproxy.store.disk import DiskStore
 from edgeproxy.store.generation import ALL
 from edgeproxy.store.tiered import REFRESH_LAG, TieredStore
 from tests.conftest import FakeClock
 from tests.contract.helpers import T0, body_of, make_entry, put, read
 from tests.contract.kits import DiskKit
+from tests.spying import SpiedDiskStore
 
 URL = "http://a.example/page"
 OTHER = "http://other.example/"  # a key kept hot: looking it up only syncs the tier
@@ -42,7 +42,7 @@ async def open_tiered(
     max_object: int = MAX_OBJECT,
     size_limit: int = 1 << 30,
 ) -> TieredStore:
-    disk = await DiskStore.open(str(directory), size_limit=size_limit, threads=2)
+    disk = await SpiedDiskStore.open(str(directory), size_limit=size_limit, threads=2)
     return await TieredStore.open(disk, max_bytes=max_bytes, max_object=max_object)
 
 
@@ -596,7 +596,7 @@ async def test_prebuilt_follows_the_hot_entry(a: TieredStore, clock: FakeClock) 
 
 
 async def test_open_fails_cleanly_and_closes_the_disk_store(directory: Path) -> None:
-    disk = await DiskStore.open(str(directory))
+    disk = await SpiedDiskStore.open(str(directory))
     (directory / "generation").mkdir()  # not a file we can map
     with pytest.raises(Exception, match="generation"):
         await TieredStore.open(disk)
