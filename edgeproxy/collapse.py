@@ -179,13 +179,18 @@ class Flight:
 
     async def wait(self, seconds: float) -> Outcome | None:
         """The outcome, or None when it takes longer than `seconds`."""
-        if self.outcome is None:
-            try:
-                async with asyncio.timeout(seconds):
-                    while self.outcome is None:
-                        await self._changed()
-            except TimeoutError:
-                return None
+        # Not `if self.outcome is None:` around the loop: mypy then takes the
+        # attribute for None inside it, across the await, and mypyc's
+        # compiled read of it there failed once the leader had set it.
+        outcome = self.outcome
+        if outcome is not None:
+            return outcome
+        try:
+            async with asyncio.timeout(seconds):
+                while self.outcome is None:
+                    await self._changed()
+        except TimeoutError:
+            return None
         return self.outcome
 
     async def wait_landed(self, seconds: float) -> bool:
@@ -197,29 +202,9 @@ class Flight:
             return False
         return True
 
-    async def body(self, chunk_size: int) -> AsyncIterator[bytes]:
+    def body(self, chunk_size: int) -> AsyncIterator[bytes]:
         """The body from offset 0, as it arrives; FlightBroken if it breaks off."""
-        i = pos = 0
-        while True:
-            if i < len(self._mem):
-                chunk = self._mem[i]
-                i += 1
-                pos += len(chunk)
-                yield chunk
-            elif pos < self._size:
-                assert self._file is not None  # joined before the buffer could close
-                n = min(chunk_size, self._size - pos)
-                data = await _run(os.pread, self._file.fileno(), n, pos - self._mem_size)
-                if not data:
-                    raise FlightBroken("spilled body is short")
-                pos += len(data)
-                yield data
-            elif self._broken:
-                raise FlightBroken(f"the origin response for {self.key} broke off")
-            elif self._done:
-                return
-            else:
-                await self._changed()
+        return _Body(self, chunk_size)
 
     async def leave(self) -> None:
         self.waiters -= 1
@@ -243,6 +228,44 @@ class Flight:
         if self._event is None:
             self._event = asyncio.Event()
         await self._event.wait()
+
+
+class _Body:
+    """Flight.body's iterator: a class, not an async generator, which mypyc
+    (edgeproxy/compiled.py) does not compile."""
+
+    __slots__ = ("_chunk_size", "_flight", "_i", "_pos")
+
+    def __init__(self, flight: Flight, chunk_size: int) -> None:
+        self._flight = flight
+        self._chunk_size = chunk_size
+        self._i = 0  # the next chunk in memory
+        self._pos = 0  # body bytes handed out
+
+    def __aiter__(self) -> _Body:
+        return self
+
+    async def __anext__(self) -> bytes:
+        f = self._flight
+        while True:
+            if self._i < len(f._mem):
+                chunk = f._mem[self._i]
+                self._i += 1
+                self._pos += len(chunk)
+                return chunk
+            if self._pos < f._size:
+                assert f._file is not None  # joined before the buffer could close
+                n = min(self._chunk_size, f._size - self._pos)
+                data = await _run(os.pread, f._file.fileno(), n, self._pos - f._mem_size)
+                if not data:
+                    raise FlightBroken("spilled body is short")
+                self._pos += len(data)
+                return data
+            if f._broken:
+                raise FlightBroken(f"the origin response for {f.key} broke off")
+            if f._done:
+                raise StopAsyncIteration
+            await f._changed()
 
 
 class Flights:

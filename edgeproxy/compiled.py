@@ -15,10 +15,10 @@ them (`check`). Without a build (no compiler, or `pip install` without
 EDGEPROXY_COMPILE=1) the package runs as plain Python, the same code.
 
 Left out, and why: modules with async generators (mypyc does not compile
-them: collapse.py, fill.py's pumps; h1client.py's became a class, disk.py's
-moved to a plain module, store/reading.py); classes that Python classes
-combine with another compiled one (serving.Responder and
-upstream.UpstreamClient are both bases of fill.Relay); the access log
+them: fill.py's pumps; h1client.py's, collapse.py's and disk.py's became a
+class or moved to a plain module, store/reading.py); classes built on a
+plain class and combined with another (serving.Responder and
+upstream_client.UpstreamClient under fill.Relay); the access log
 (compiled, with three fixes it needed: a `float` parameter converted an
 int status to 200.0, LineWriter.MAX_PENDING became an instance slot, and
 `view = view[n:]` in a `while view:` loop wrote a batch twice; it then
@@ -87,6 +87,8 @@ MODULES: tuple[str, ...] = (
     "metrics.py",
     "store/pool.py",
     "store/disk.py",
+    "collapse.py",
+    "upstream.py",
 )
 
 

@@ -1,7 +1,7 @@
 """The state one client request carries through the cache.
 
 The exchange's methods are split by job over classes built on this state:
-`Responder` (serving.py) and `UpstreamClient` (upstream.py), both under
+`Responder` (serving.py) and `UpstreamClient` (upstream_client.py), both under
 `Relay` (fill.py), under `_Exchange` (proxy.py). Each may call the ones it
 is built on, never the other way round.
 """

@@ -53,7 +53,7 @@ from edgeproxy.policy.transform import (
 from edgeproxy.responses import NoClient
 from edgeproxy.serving import Responder, range_parts
 from edgeproxy.store.base import BodyWriter, Degraded, StoreError, health_of
-from edgeproxy.upstream import UpstreamClient
+from edgeproxy.upstream_client import UpstreamClient
 
 log = logging.getLogger("edgeproxy.proxy")  # one logger for the request path
 
