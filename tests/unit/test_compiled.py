@@ -163,6 +163,24 @@ def test_with_changes_is_replace_plain_and_as_built(changes: dict[str, object]) 
                 assert getattr(new, f.name) is None  # the memos start unset
 
 
+def test_entry_init_sets_each_field_plain_and_as_built() -> None:
+    # Entry.__init__ is written out (native stores compiled, object.__setattr__
+    # plain): every field, positional or by name, lands where the dataclass's
+    # own __init__ would put it, and the memos start unset.
+    entry_mod = plain("policy.entry")
+    init = [f for f in dataclasses.fields(Entry) if f.init]
+    values = [
+        f"v{i}" if f.type == "str" else getattr(make_entry("http://a/"), f.name)
+        for i, f in enumerate(init)
+    ]
+    for cls in (entry_mod.Entry, Entry):
+        for e in (cls(*values), cls(**{f.name: v for f, v in zip(init, values, strict=True)})):
+            assert [getattr(e, f.name) for f in init] == values
+            assert all(getattr(e, f.name) is None for f in dataclasses.fields(cls) if not f.init)
+            with pytest.raises(dataclasses.FrozenInstanceError):
+                e.key = "x"  # type: ignore[misc]
+
+
 # -- no await in a finally (edgeproxy/compiled.py: mypyc re-raises a stale error) --
 
 
