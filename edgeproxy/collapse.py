@@ -51,7 +51,10 @@ from dataclasses import dataclass
 from typing import IO, Any, TypeVar
 
 from edgeproxy.errors import EdgeError
+from edgeproxy.frozen import set_fields
 from edgeproxy.policy.entry import Entry
+
+_NATIVE = __file__.endswith(".so")  # compiled (edgeproxy/frozen.py)
 
 log = logging.getLogger("edgeproxy.collapse")
 
@@ -71,12 +74,25 @@ class Streaming:
     entry: Entry  # as it will be stored (body_size unknown until the end)
     length: int | None  # Content-Length, when the origin sent one
 
+    def __init__(self, entry: Entry, length: int | None) -> None:
+        if not _NATIVE:  # edgeproxy/frozen.py
+            set_fields(self, ("entry", "length"), (entry, length))
+            return
+        self.entry = entry  # type: ignore[misc]
+        self.length = length  # type: ignore[misc]
+
 
 @dataclass(frozen=True, slots=True)
 class Refreshed:
     """A 304 freshened the stored response (merged, stored): answer from the store."""
 
     entry: Entry
+
+    def __init__(self, entry: Entry) -> None:
+        if not _NATIVE:  # edgeproxy/frozen.py
+            set_fields(self, ("entry",), (entry,))
+            return
+        self.entry = entry  # type: ignore[misc]
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +105,13 @@ class Released:
 
     error: EdgeError | None = None
     status: int | None = None
+
+    def __init__(self, error: EdgeError | None = None, status: int | None = None) -> None:
+        if not _NATIVE:  # edgeproxy/frozen.py
+            set_fields(self, ("error", "status"), (error, status))
+            return
+        self.error = error  # type: ignore[misc]
+        self.status = status  # type: ignore[misc]
 
 
 Outcome = Streaming | Refreshed | Released

@@ -39,7 +39,10 @@ import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from edgeproxy.errors import EdgeError, OriginProtocolError, OriginTimeout, OriginUnreachable
+from edgeproxy.frozen import set_fields
 from edgeproxy.http.cache_status import ProxyError
+
+_NATIVE = __file__.endswith(".so")  # compiled (edgeproxy/frozen.py)
 
 KEEPALIVE = 15.0  # seconds an idle connection is kept (aiohttp's default)
 HEAD_LIMIT = 256 * 1024  # a response head past this is an error (aiohttp: 64 KiB a field)
@@ -525,6 +528,42 @@ class _Outgoing:
     name: str
     connect_timeout: float | None
     read_timeout: float | None
+
+    def __init__(
+        self,
+        method: str,
+        head: bytes,
+        body: AsyncIterable[bytes] | None,
+        chunked: bool,
+        retry: bool,
+        name: str,
+        connect_timeout: float | None,
+        read_timeout: float | None,
+    ) -> None:
+        if not _NATIVE:  # edgeproxy/frozen.py
+            set_fields(
+                self,
+                (
+                    "method",
+                    "head",
+                    "body",
+                    "chunked",
+                    "retry",
+                    "name",
+                    "connect_timeout",
+                    "read_timeout",
+                ),
+                (method, head, body, chunked, retry, name, connect_timeout, read_timeout),
+            )
+            return
+        self.method = method  # type: ignore[misc]
+        self.head = head  # type: ignore[misc]
+        self.body = body  # type: ignore[misc]
+        self.chunked = chunked  # type: ignore[misc]
+        self.retry = retry  # type: ignore[misc]
+        self.name = name  # type: ignore[misc]
+        self.connect_timeout = connect_timeout  # type: ignore[misc]
+        self.read_timeout = read_timeout  # type: ignore[misc]
 
 
 class OriginConnections:

@@ -5,6 +5,10 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from edgeproxy.frozen import set_fields
+
+_NATIVE = __file__.endswith(".so")  # compiled (edgeproxy/frozen.py)
+
 
 class Fwd(enum.Enum):
     """Why the request went forward (RFC 9211 section 2.2)."""
@@ -28,6 +32,31 @@ class CacheStatus:
     collapsed: bool = False
     ttl: int | None = None
     detail: str | None = None
+
+    def __init__(
+        self,
+        hit: bool = False,
+        fwd: Fwd | None = None,
+        fwd_status: int | None = None,
+        stored: bool = False,
+        collapsed: bool = False,
+        ttl: int | None = None,
+        detail: str | None = None,
+    ) -> None:
+        if not _NATIVE:  # edgeproxy/frozen.py
+            set_fields(
+                self,
+                ("hit", "fwd", "fwd_status", "stored", "collapsed", "ttl", "detail"),
+                (hit, fwd, fwd_status, stored, collapsed, ttl, detail),
+            )
+            return
+        self.hit = hit  # type: ignore[misc]
+        self.fwd = fwd  # type: ignore[misc]
+        self.fwd_status = fwd_status  # type: ignore[misc]
+        self.stored = stored  # type: ignore[misc]
+        self.collapsed = collapsed  # type: ignore[misc]
+        self.ttl = ttl  # type: ignore[misc]
+        self.detail = detail  # type: ignore[misc]
 
     def render(self, cache_name: str) -> str:
         """One Cache-Status list member (RFC 9211 section 2).

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from edgeproxy.frozen import set_fields
 from edgeproxy.http.cache_control import INVALID, CacheControl
 from edgeproxy.http.cache_status import Fwd
 from edgeproxy.http.conditionals import Precondition, evaluate
@@ -19,6 +20,8 @@ from edgeproxy.policy.entry import Entry
 from edgeproxy.policy.freshness import freshness, may_serve_stale
 from edgeproxy.policy.settings import CachePolicy
 from edgeproxy.policy.validation import conditional_request_headers, has_validator
+
+_NATIVE = __file__.endswith(".so")  # compiled (edgeproxy/frozen.py)
 
 CACHEABLE_METHODS = frozenset({"GET", "HEAD"})
 
@@ -38,12 +41,24 @@ class Pass:
 
     fwd: Fwd
 
+    def __init__(self, fwd: Fwd) -> None:
+        if not _NATIVE:  # edgeproxy/frozen.py
+            set_fields(self, ("fwd",), (fwd,))
+            return
+        self.fwd = fwd  # type: ignore[misc]
+
 
 @dataclass(frozen=True, slots=True)
 class Fetch:
     """Nothing usable is stored: forward, and store the answer if storable."""
 
     fwd: Fwd
+
+    def __init__(self, fwd: Fwd) -> None:
+        if not _NATIVE:  # edgeproxy/frozen.py
+            set_fields(self, ("fwd",), (fwd,))
+            return
+        self.fwd = fwd  # type: ignore[misc]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +68,16 @@ class Revalidate:
     entry: Entry
     fwd: Fwd
     conditional_headers: list[tuple[str, str]]
+
+    def __init__(self, entry: Entry, fwd: Fwd, conditional_headers: list[tuple[str, str]]) -> None:
+        if not _NATIVE:  # edgeproxy/frozen.py
+            set_fields(
+                self, ("entry", "fwd", "conditional_headers"), (entry, fwd, conditional_headers)
+            )
+            return
+        self.entry = entry  # type: ignore[misc]
+        self.fwd = fwd  # type: ignore[misc]
+        self.conditional_headers = conditional_headers  # type: ignore[misc]
 
 
 class Serve(NamedTuple):

@@ -47,10 +47,13 @@ from dataclasses import dataclass
 
 from multidict import CIMultiDict
 
+from edgeproxy.frozen import set_fields
 from edgeproxy.http.accept_encoding import IDENTITY
 from edgeproxy.http.cache_control import response_cache_control
 from edgeproxy.http.etags import ETag, parse_etag, parse_etag_list
 from edgeproxy.http.fields import Headers, list_values
+
+_NATIVE = __file__.endswith(".so")  # compiled (edgeproxy/frozen.py)
 
 # Types worth compressing: text and the structured text formats.
 DEFAULT_TYPES: tuple[str, ...] = (
@@ -87,6 +90,14 @@ class TransformPlan:
     coding: str | None
     vary: bool
     reason: str = ""  # why not compressed, for tests and logs
+
+    def __init__(self, coding: str | None, vary: bool, reason: str = "") -> None:
+        if not _NATIVE:  # edgeproxy/frozen.py
+            set_fields(self, ("coding", "vary", "reason"), (coding, vary, reason))
+            return
+        self.coding = coding  # type: ignore[misc]
+        self.vary = vary  # type: ignore[misc]
+        self.reason = reason  # type: ignore[misc]
 
     @property
     def marker(self) -> str:

@@ -396,6 +396,10 @@ class _Update:
     entry: Entry
     then: Callable[[], object] | None
 
+    def __init__(self, entry: Entry, then: Callable[[], object] | None) -> None:
+        self.entry = entry
+        self.then = then
+
 
 @dataclass(slots=True)
 class _Inline:
@@ -404,6 +408,13 @@ class _Inline:
     entry: Entry
     data: bytes
     then: Callable[[list[Entry]], object] | None
+
+    def __init__(
+        self, entry: Entry, data: bytes, then: Callable[[list[Entry]], object] | None
+    ) -> None:
+        self.entry = entry
+        self.data = data
+        self.then = then
 
 
 class _Batches(Generic[Item, R]):

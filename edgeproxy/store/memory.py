@@ -45,15 +45,27 @@ BUILT_FIELD_OVERHEAD = 90
 @dataclass(slots=True)
 class _Hot:
     key_hash: int
-    entries: list[Entry] | None = None
-    bodies: dict[str, Body] = field(default_factory=dict)
-    nbytes: int = 0
-    meta_bytes: int = 0
-    built: dict[str, tuple[object, object, Entry]] = field(default_factory=dict)
-    built_bytes: int = 0
+    entries: list[Entry] | None = field(default=None, init=False)
+    bodies: dict[str, Body] = field(default_factory=dict, init=False)
+    nbytes: int = field(default=0, init=False)
+    meta_bytes: int = field(default=0, init=False)
+    built: dict[str, tuple[object, object, Entry]] = field(default_factory=dict, init=False)
+    built_bytes: int = field(default=0, init=False)
     # Variants whose listed entry is newer than the disk's copy (a refresh
     # kept in memory only): the response_time of the copy the disk holds.
-    unwritten: dict[str, float] | None = None
+    unwritten: dict[str, float] | None = field(default=None, init=False)
+
+    def __init__(self, key_hash: int) -> None:
+        # Written out: compiled, a dataclass's generated __init__ still runs
+        # as plain Python (edgeproxy/frozen.py); one is made per key admitted.
+        self.key_hash = key_hash
+        self.entries = None
+        self.bodies = {}
+        self.nbytes = 0
+        self.meta_bytes = 0
+        self.built = {}
+        self.built_bytes = 0
+        self.unwritten = None
 
 
 def metadata_size(key: str, entries: list[Entry]) -> int:

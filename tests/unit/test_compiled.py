@@ -181,6 +181,49 @@ def test_entry_init_sets_each_field_plain_and_as_built() -> None:
                 e.key = "x"  # type: ignore[misc]
 
 
+def written_out_inits() -> list[tuple[str, str]]:
+    """(module, class) of the compiled modules' dataclasses that write their
+    own __init__ (edgeproxy/frozen.py)."""
+    import ast
+
+    out = []
+    for module in compiled.MODULES:
+        tree = ast.parse((compiled.PACKAGE / module).read_text())
+        for node in tree.body:
+            if (
+                isinstance(node, ast.ClassDef)
+                and any("dataclass" in ast.unparse(d) for d in node.decorator_list)
+                and any(isinstance(b, ast.FunctionDef) and b.name == "__init__" for b in node.body)
+            ):
+                out.append((module.removesuffix(".py").replace("/", "."), node.name))
+    return out
+
+
+def test_written_out_inits_are_found() -> None:
+    found = written_out_inits()
+    assert ("policy.entry", "Entry") in found and ("http.cache_status", "CacheStatus") in found
+
+
+@pytest.mark.parametrize(("module", "name"), written_out_inits())
+def test_a_written_out_init_sets_every_field_as_the_dataclass_would(module: str, name: str) -> None:
+    # Plain (the branch a compiled build skips): each init field gets its own
+    # argument, by position and by name, the rest their defaults, and a
+    # frozen class stays frozen. Sentinels: the plain source checks no types.
+    cls = getattr(plain(module), name)
+    init = [f for f in dataclasses.fields(cls) if f.init]
+    sentinels = [object() for _ in init]
+    params = cls.__dataclass_params__
+    for obj in (cls(*sentinels), cls(**{f.name: v for f, v in zip(init, sentinels, strict=True)})):
+        assert [getattr(obj, f.name) for f in init] == sentinels
+        for f in dataclasses.fields(cls):
+            if not f.init:
+                expected = f.default_factory() if callable(f.default_factory) else f.default
+                assert getattr(obj, f.name) == expected
+        if params.frozen:
+            with pytest.raises(dataclasses.FrozenInstanceError):
+                setattr(obj, init[0].name if init else "x", None)
+
+
 # -- no await in a finally (edgeproxy/compiled.py: mypyc re-raises a stale error) --
 
 
