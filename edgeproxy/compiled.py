@@ -87,6 +87,7 @@ MODULES: tuple[str, ...] = (
     "metrics.py",
     "store/pool.py",
     "store/disk.py",
+    "store/common.py",
     "collapse.py",
     "upstream.py",
 )

@@ -24,11 +24,17 @@ from __future__ import annotations
 
 import errno
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import IO, Literal, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from edgeproxy.policy.entry import Entry
 from edgeproxy.purge import Purge
+
+# Shared by every store, and built on every miss: in a compiled module (common.py).
+from edgeproxy.store.common import Body as Body
+from edgeproxy.store.common import BoundedCopy as BoundedCopy
+from edgeproxy.store.common import CopyingWriter as CopyingWriter
+from edgeproxy.store.common import StoreHealth as StoreHealth
+from edgeproxy.store.common import health_of as health_of
 
 
 class StoreError(Exception):
@@ -49,46 +55,9 @@ class Degraded(StoreError):
     callers pass the response through without logging each one."""
 
 
-@dataclass(frozen=True, slots=True)
-class StoreHealth:
-    """Whether a store takes writes, for /healthz and metrics.
-
-    Degraded: a write failed on a disk fault; responses pass through
-    unstored, and a write is tried again once `retry_in` seconds passed
-    (the back-off doubles on each failed try). `hits` is False while the
-    store answers every lookup with a miss: a purge or invalidation it could
-    not apply is kept (`pending`) and applied first when the disk recovers,
-    and nothing it should have removed is served meanwhile; or the cache
-    could not be opened at all.
-    """
-
-    state: Literal["ok", "degraded"] = "ok"
-    reason: str = ""  # the last disk fault, while degraded
-    write_failures: int = 0  # writes failed on a disk fault since start
-    retry_in: float | None = None  # seconds until writes are tried again
-    hits: bool = True
-    pending: int = 0  # purges/invalidations waiting for the disk
-
-    @property
-    def writable(self) -> bool:
-        """Whether a write would be tried now: ok, or the back-off is over."""
-        return self.state == "ok" or not self.retry_in
-
-
 @runtime_checkable
 class Reporting(Protocol):
     def health(self) -> StoreHealth: ...
-
-
-def health_of(store: object) -> StoreHealth:
-    """`store.health()`, or ok for a store that doesn't report (a test double)."""
-    # Not isinstance(store, Reporting): a runtime Protocol check costs more
-    # than the rest of this call, and it runs on every response (fill.py).
-    health = getattr(store, "health", None)
-    if not callable(health):
-        return StoreHealth()
-    result: StoreHealth = health()
-    return result
 
 
 class Banned(StoreError):
@@ -96,19 +65,6 @@ class Banned(StoreError):
     after its `request_time` (the fill raced the purge), or the fill is older
     than the store keeps bans for. Nothing was stored; the writer is closed.
     Callers that already ignore `StoreError` on commit need no change."""
-
-
-@dataclass(frozen=True, slots=True)
-class Body:
-    """A stored body: in memory when small, an open file when large.
-
-    The file is opened at lookup so that eviction (an unlink) can't pull it
-    away mid-response; whoever reads it closes it.
-    """
-
-    size: int
-    data: bytes | None = None
-    file: IO[bytes] | None = None
 
 
 class BodyWriter(Protocol):
@@ -178,54 +134,3 @@ class Store(Protocol):
         ...
 
     async def close(self) -> None: ...
-
-
-class BoundedCopy:
-    """A copy of a body's chunks kept while the body stays within `limit` bytes.
-
-    Store wrappers (hot tier, shared tier) keep one beside the inner writer;
-    past the limit the copy is dropped and only the inner store keeps the body.
-    """
-
-    def __init__(self, limit: int) -> None:
-        self._limit = limit
-        self._kept = 0
-        self._chunks: list[bytes] | None = []
-
-    def add(self, chunk: bytes) -> None:
-        if self._chunks is None:
-            return
-        self._kept += len(chunk)
-        if self._kept > self._limit:
-            self._chunks = None
-        else:
-            self._chunks.append(bytes(chunk))  # bytes(b) is b: no copy
-
-    def take(self) -> list[bytes] | None:
-        """The chunks (None when it grew too big); the copy is empty after."""
-        chunks, self._chunks = self._chunks, None
-        return chunks
-
-    def drop(self) -> None:
-        self._chunks = None
-
-
-class CopyingWriter:
-    """A wrapper store's writer: the inner writer, plus a BoundedCopy of the
-    body for the wrapper's own tier. Subclasses implement `commit`."""
-
-    def __init__(self, inner: BodyWriter, limit: int) -> None:
-        self._inner = inner
-        self._copy = BoundedCopy(limit)
-
-    @property
-    def size(self) -> int:
-        return self._inner.size
-
-    async def write(self, chunk: bytes) -> None:
-        await self._inner.write(chunk)
-        self._copy.add(chunk)
-
-    async def abort(self) -> None:
-        self._copy.drop()
-        await self._inner.abort()
