@@ -35,7 +35,7 @@ ensure_compiled() {
     if "${check[@]}" --current; then
         return 0
     fi
-    echo "== compiling the hot path with mypyc (edgeproxy/compiled.py; about a minute)"
+    echo "== compiling the hot path with mypyc (edgeproxy/compiled.py; about two minutes)"
     "${check[@]}" --clean >/dev/null
     local log="$VENV/compile.log"
     if EDGEPROXY_COMPILE=1 "$VENV/bin/python" setup.py -q build_ext --inplace >"$log" 2>&1 \
