@@ -22,12 +22,13 @@ import pytest
 
 from edgeproxy.policy.entry import Entry
 from edgeproxy.purge import Purge, PurgeURL
+from edgeproxy.store import disk as disk_module
 from edgeproxy.store.base import Banned, StoreHealth, health_of
-from edgeproxy.store.disk import DiskStore, _Inline
+from edgeproxy.store.disk import MAX_VARIANTS, DiskStore, _Inline
 from edgeproxy.store.pool import StorePool
 from edgeproxy.store.tiered import TieredStore
 from tests.conftest import FakeClock
-from tests.contract.helpers import make_entry, put, read
+from tests.contract.helpers import T0, make_entry, put, read
 
 URL = "http://a.example/"
 
@@ -116,17 +117,142 @@ def _inline(store: DiskStore, url: str, size: int) -> _Inline:
     return _Inline(entry, bytes(size), None)
 
 
-async def test_a_batch_of_commits_culls_once(store: DiskStore) -> None:
+def _count(ran: list[str], start: str) -> int:
+    return sum(1 for q in ran if q.startswith(start))
+
+
+@pytest.mark.parametrize(
+    ("bulk", "sets", "selects"),
+    [
+        pytest.param(True, 0, 1, id="rows written in bulk: one read, no set()"),
+        pytest.param(False, 8, 8, id="one by one: a set() and a read each"),
+    ],
+)
+async def test_a_batch_of_commits_culls_once(
+    store: DiskStore, bulk: bool, sets: int, selects: int
+) -> None:
     """diskcache's set() would check the size limit (three statements) each
-    time: the store culls once a transaction instead."""
+    time: the store culls once a transaction instead. In bulk (distinct
+    keys, diskcache's plain Disk) it also writes the body rows itself and
+    reads every key's variants in one statement."""
     sql = await statements(store)
+    store._bulk = None if bulk else False
     batch = [_inline(store, f"{URL}{i}", 1024) for i in range(8)]
     results = await store._run(store._commit_batch, batch)
     assert all(isinstance(r, Entry) for r in results)
     ran = sql()
     assert begins(ran) == 1
-    assert sum(1 for q in ran if q.startswith("PRAGMA page_count")) == 1
-    assert sum(1 for q in ran if q.startswith("SELECT rowid, filename FROM Cache")) == 8  # sets
+    assert _count(ran, "PRAGMA page_count") == 1
+    assert _count(ran, "SELECT rowid, filename FROM Cache") == sets
+    assert _count(ran, "SELECT ") - _count(ran, "SELECT rowid") - _count(ran, "SELECT value") == (
+        selects + 1  # the ban check's
+    )
+    for entry in batch:
+        assert await read(store, entry.entry) == entry.data
+
+
+async def _commit_the_mix(directory: Path, bulk: bool) -> tuple[list[object], dict[str, list[Any]]]:
+    """One batch of every case an inline commit meets, over the same stored
+    state: what it returned, what each listing named, and every table after."""
+    store = await DiskStore.open(str(directory), threads=1)
+    try:
+
+        def entry(key: str, variant: str, value: str = "a", **kw: Any) -> Entry:
+            e = make_entry(URL + key, vary=("Accept",), secondary=(value,), **kw)
+            return e.with_changes(variant=variant, body_size=len(variant))
+
+        def commit(*entries: Entry) -> list[Entry | Exception]:
+            return store._commit_batch([_Inline(e, e.variant.encode(), None) for e in entries])
+
+        before = [entry("replaced", "old-1"), entry("kept", "old-2", tags=("t",))]
+        before += [entry("full", f"old-full-{i:02}", f"v{i}") for i in range(MAX_VARIANTS)]
+        for e in before:  # one at a time: the one-by-one path
+            await store._run(commit, e)
+        await store.purge(Purge(PurgeURL(URL + "banned"), issued_at=T0 + 5))
+        await store.purge(Purge(PurgeURL(URL + "soft"), soft=True, issued_at=T0 + 5))
+        store._bulk = None if bulk else False
+        later = T0 + 10
+        batch = [
+            entry("new", "new-1", tags=("t", "u"), request_time=later),
+            entry("replaced", "new-2", request_time=later),  # same Vary value: replaces
+            entry("banned", "new-3", request_time=T0),  # sent before the purge: refused
+            entry("kept", "new-4", "b", tags=("u",), request_time=later),  # another value
+            entry("full", "new-5", "w", request_time=later),  # the oldest goes
+            entry("soft", "new-6", request_time=T0),  # soft-banned: stored, marked
+            entry("empty", "", request_time=later).with_changes(variant="new-7", body_size=0),
+        ]
+
+        def run() -> list[Entry | Exception]:
+            listings: list[list[str]] = []
+            batch_in = [
+                _Inline(e, b"" if e.body_size == 0 else e.variant.encode(), None) for e in batch
+            ]
+            for c in batch_in:
+                c.then = lambda listed: listings.append([e.variant for e in listed])
+            results = store._commit_batch(batch_in)
+            outcome.append(listings)
+            return results
+
+        outcome: list[object] = []
+        results = await store._run(run)
+        shown: list[object] = [
+            type(r).__name__ if isinstance(r, Exception) else (r.variant, r.soft_purged)
+            for r in results
+        ]
+        shown += outcome
+
+        def dump() -> dict[str, list[Any]]:
+            sql = store._sql
+            queries = {
+                "Cache": "SELECT key, raw, expire_time, access_count, tag, size, mode,"
+                " filename, value FROM Cache ORDER BY key",
+                "edge_variants": "SELECT * FROM edge_variants ORDER BY id",
+                "edge_tags": "SELECT * FROM edge_tags ORDER BY tag, key, vid",
+                "edge_meta": "SELECT * FROM edge_meta ORDER BY name",
+                "Settings": "SELECT * FROM Settings WHERE key IN ('count', 'size') ORDER BY key",
+                "sqlite_sequence": "SELECT * FROM sqlite_sequence ORDER BY name",
+            }
+            return {name: sql(q).fetchall() for name, q in queries.items()}
+
+        tables = await store._run(dump)
+        assert store._bulk is bulk  # the path asked for is the one taken
+        return shown, tables
+    finally:
+        await store.close()
+
+
+async def test_bulk_commits_write_what_one_by_one_commits_do(tmp_path: Path) -> None:
+    """_index_many against _index, on one batch of every case (a new key,
+    a replacement, a ban, a second variant, a full key, a soft ban, an
+    empty body, tags): the same results, listings and rows."""
+    one_by_one = await _commit_the_mix(tmp_path / "one", bulk=False)
+    bulk = await _commit_the_mix(tmp_path / "bulk", bulk=True)
+    assert bulk == one_by_one
+    shown, tables = bulk
+    assert shown[:7] == [
+        ("new-1", False),
+        ("new-2", False),
+        "Banned",
+        ("new-4", False),
+        ("new-5", False),
+        ("new-6", True),
+        ("new-7", False),
+    ]
+    variants = {v for _, v, *_ in tables["edge_variants"]}
+    assert {"old-1", "old-full-00", "new-3"}.isdisjoint(variants)
+    assert {"old-2", "old-full-01", "new-1", "new-7"} <= variants
+    assert len([v for v in variants if "full" in v or v == "new-5"]) == MAX_VARIANTS
+
+
+async def test_bulk_rows_need_the_cache_table_as_known(
+    store: DiskStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A diskcache whose Cache table lacks a column we'd write: set() instead."""
+    await put(store, make_entry(URL), b"x")
+    assert await store._run(store._rows_writable) is True
+    store._bulk = None
+    monkeypatch.setattr(disk_module, "CACHE_COLUMNS", disk_module.CACHE_COLUMNS | {"nope"})
+    assert await store._run(store._rows_writable) is False
 
 
 @pytest.mark.parametrize("batch", [1, 8, 40])
