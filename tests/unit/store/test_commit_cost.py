@@ -35,7 +35,7 @@ URL = "http://a.example/"
 
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[DiskStore]:
-    # One pool thread: one connection, which `statements` instruments.
+    # One pool thread and the quick lane's: two connections, `statements` instruments both.
     s = await DiskStore.open(str(tmp_path / "cache"), threads=1)
     yield s
     await s.close()
@@ -50,6 +50,7 @@ async def statements(store: DiskStore) -> Callable[[], list[str]]:
         store._cache._con.set_trace_callback(seen.append)
 
     await store._run(install)
+    await store._run_quick(install)  # both lanes' connections
     return lambda: [s for s in seen if not s.startswith("--")]
 
 
@@ -298,12 +299,57 @@ async def test_tiered_commit_publishes_in_the_commit_job(tmp_path: Path) -> None
     disk = await DiskStore.open(str(tmp_path / "cache"), threads=1)
     tier = await TieredStore.open(disk)
     try:
-        before, jobs = tier._gen.current(), disk._executor.submitted
+
+        def jobs() -> int:
+            return disk._executor.submitted + disk._quick.submitted
+
+        before, queued = tier._gen.current(), jobs()
         await put(tier, make_entry(URL), b"body")
         assert tier._gen.current() == before + 1  # the commit's record
-        assert disk._executor.submitted == jobs + 1  # one hop for the commit and its publish
+        assert jobs() == queued + 1  # one hop for the commit and its publish
     finally:
         await tier.close()
+
+
+# -- the lanes ------------------------------------------------------------------------
+
+
+async def test_a_miss_and_a_refresh_run_on_the_quick_lane(store: DiskStore) -> None:
+    """Lookups, body opens, inline commits and refreshes: the quick lane's
+    one thread. A file body's copy and a purge: the pool's."""
+    threads: list[str] = []
+
+    def where() -> None:
+        threads.append(threading.current_thread().name)
+
+    assert await store.lookup(URL) == []
+    small = await put(store, make_entry(URL), b"x")
+    assert await store.update(small.with_changes(status=203), then=where)
+    assert await read(store, small) == b"x"
+    big = await put(store, make_entry(URL + "big"), bytes(100_000), chunk=100_000)
+    await store.purge(Purge(PurgeURL(URL + "big"), issued_at=T0 + 1))
+    assert threads == ["edgeproxy-store-quick_0"]
+    assert store._quick.submitted >= 4  # lookup, commit, update, open_body
+    assert store._executor.submitted >= 2  # the big body's copy and commit, the purge
+    assert big.body_size == 100_000
+
+
+async def test_a_long_job_on_the_pool_never_holds_up_a_lookup(store: DiskStore) -> None:
+    """The pool's only thread busy (a body file being copied, say): lookups,
+    opens and inline commits still go, on the quick lane."""
+    stored = await put(store, make_entry(URL), b"hello")
+    gate = threading.Event()
+    blocker = asyncio.ensure_future(store._run(gate.wait, 10))
+    try:
+        found = await asyncio.wait_for(store.lookup(URL), 5)
+        assert [e.variant for e in found] == [stored.variant]
+        assert await asyncio.wait_for(read(store, stored), 5) == b"hello"
+        other = await asyncio.wait_for(put(store, make_entry(URL + "2"), b"two"), 5)
+        assert [e.variant for e in await store.lookup(URL + "2")] == [other.variant]
+        assert not blocker.done()
+    finally:
+        gate.set()
+        assert await blocker is True
 
 
 # -- the pool -------------------------------------------------------------------------

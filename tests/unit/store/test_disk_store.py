@@ -122,10 +122,12 @@ class Probe:
 
         self.steps = 0
         await self.store._run(install)
+        await self.store._run_quick(install)  # both lanes' connections
         try:
             await op()
         finally:
             await self.store._run(remove)
+            await self.store._run_quick(remove)
         return self.steps
 
 
