@@ -176,6 +176,10 @@ INSERT_BODY_SQL = (
     " tag, size, mode, filename, value)"
     f" VALUES (?, 1, ?, NULL, ?, 0, NULL, 0, {diskcache.core.MODE_RAW}, NULL, ?)"
 )
+INSERT_FILE_SQL = (  # the same for a body in a file (Disk.store's size, mode, filename)
+    "INSERT INTO Cache (key, raw, store_time, expire_time, access_time, access_count,"
+    " tag, size, mode, filename, value) VALUES (?, 1, ?, NULL, ?, 0, NULL, ?, ?, ?, NULL)"
+)
 INSERT_VARIANT_SQL = (
     "INSERT INTO edge_variants (variant, key, vary, soft, meta) VALUES (?, ?, ?, ?, ?)"
 )
@@ -1213,9 +1217,28 @@ class DiskStore:
             notes.append(key)
 
     def _set_body(self, body_key: str, value: bytes | IO[bytes]) -> None:
-        """diskcache's set: no cull in it (cull_limit=0), see `_cull`."""
-        with self._write_lock:
-            self._cache.set(body_key, value, read=not isinstance(value, bytes))
+        """diskcache's set: no cull in it (cull_limit=0), see `_cull`. A
+        body diskcache keeps in a file is written (copied from the writer's
+        temp file) before the write lock is taken, its row then inserted as
+        set() would: the quick lane's commits wait on that lock, and its
+        lookups behind them."""
+        raw = isinstance(value, bytes)
+        inline = isinstance(value, bytes) and len(value) < self._min_file_size()
+        if inline or not self._rows_writable():
+            with self._write_lock:
+                self._cache.set(body_key, value, read=not raw)
+            return
+        cache = self._cache
+        disk = cache.disk
+        size, mode, filename, _ = disk.store(value, not raw, key=body_key)  # the copy
+        try:
+            with self._txn():
+                now = time.time()
+                con = cache._con
+                con.execute(INSERT_FILE_SQL, (body_key, now, now, size, mode, filename))
+        except BaseException:
+            disk.remove(filename)  # as set() does when its transaction fails
+            raise
 
     def _cull(self, watch: bool) -> list[str]:
         """diskcache's cull (the cache is opened with cull_limit=0, so set()

@@ -12,6 +12,7 @@ in time.
 from __future__ import annotations
 
 import asyncio
+import io
 import threading
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -350,6 +351,67 @@ async def test_a_long_job_on_the_pool_never_holds_up_a_lookup(store: DiskStore) 
     finally:
         gate.set()
         assert await blocker is True
+
+
+class _SlowFile(io.BytesIO):
+    """A temp body whose reads wait for `gate`: a copy that takes long."""
+
+    def __init__(self, data: bytes, gate: threading.Event) -> None:
+        super().__init__(data)
+        self.gate = gate
+
+    def read(self, size: int | None = -1) -> bytes:
+        assert self.gate.wait(10)
+        return super().read(size)
+
+
+async def test_a_body_file_copy_never_holds_up_the_quick_lane(store: DiskStore) -> None:
+    """The copy of a file body runs without the store's write lock: inline
+    commits (which take it) and lookups go on meanwhile."""
+    await put(store, make_entry(URL), b"first")  # opened
+    gate = threading.Event()
+    copy = asyncio.ensure_future(
+        store._run(store._set_body, "b:slow", _SlowFile(b"s" * 50_000, gate))
+    )
+    try:
+        other = await asyncio.wait_for(put(store, make_entry(URL + "2"), b"two"), 5)
+        assert [e.variant for e in await store.lookup(URL + "2")] == [other.variant]
+        assert not copy.done()
+    finally:
+        gate.set()
+        await copy
+
+
+@pytest.mark.parametrize(
+    "value", [pytest.param(b"f" * 50_000, id="bytes"), pytest.param(None, id="temp file")]
+)
+async def test_a_file_body_row_is_what_set_writes(store: DiskStore, value: bytes | None) -> None:
+    """_set_body's own row for a body in a file against diskcache's set()'s."""
+
+    def row(key: str) -> tuple[Any, ...]:
+        sql = store._sql
+        found: tuple[Any, ...] = sql(
+            "SELECT raw, expire_time, access_count, tag, size, mode, value, filename IS NOT NULL"
+            " FROM Cache WHERE key = ?",
+            (key,),
+        ).fetchone()
+        return found
+
+    def stored(key: str) -> bytes:
+        handle = store._cache.get(key, read=True)
+        with handle:
+            data: bytes = handle.read()
+        return data
+
+    body = b"t" * 60_000 if value is None else value
+    await put(store, make_entry(URL), b"x")  # opened
+    for key, bulk in (("b:ours", None), ("b:set", False)):
+        store._bulk = bulk
+        await store._run(store._set_body, key, io.BytesIO(body) if value is None else value)
+    assert store._bulk is False
+    assert await store._run(row, "b:ours") == await store._run(row, "b:set")
+    assert await store._run(stored, "b:ours") == await store._run(stored, "b:set") == body
+    assert (await store._run(row, "b:ours"))[-1] == 1  # a file, not inline
 
 
 # -- the pool -------------------------------------------------------------------------

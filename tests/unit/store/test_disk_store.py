@@ -314,27 +314,31 @@ async def test_stale_tag_rows_are_skipped_and_dropped_when_met(
         await store.close()
 
 
+@pytest.mark.parametrize(
+    "rows", [pytest.param(None, id="row written by the store"), pytest.param(False, id="set()")]
+)
 async def test_commit_whose_body_was_evicted_meanwhile_fails_cleanly(
-    store: DiskStore, monkeypatch: pytest.MonkeyPatch
+    spied: DiskStore, monkeypatch: pytest.MonkeyPatch, rows: bool | None
 ) -> None:
     # A file body is stored in a transaction of its own before the one that
     # indexes it, so another worker's cull can take it in between. (An
     # inline body is set in the indexing transaction itself, under its
     # write lock, with no cull in set(): nobody can take it meanwhile.)
-    cache = store._cache
-    real_set = cache.set
+    store = spied
+    await put(store, make_entry("http://b.example/"), b"opened")
+    store._bulk = rows  # None: _set_body writes the row itself (_rows_writable)
+    real_set_body = store._set_body
 
-    def set_then_evict(key: str, value: Any, **kw: Any) -> bool:
-        real_set(key, value, **kw)
-        cache.delete(key)  # another worker's set() culled it
-        return True
+    def set_then_evict(key: str, value: Any) -> None:
+        real_set_body(key, value)
+        store._cache.delete(key)  # another worker's set() culled it
 
-    monkeypatch.setattr(cache, "set", set_then_evict)
+    monkeypatch.setattr(store, "_set_body", set_then_evict)
     with pytest.raises(StoreError):
         await put(store, make_entry("http://a.example/"), bytes(100_000))
     monkeypatch.undo()
     assert await store.lookup("http://a.example/") == []
-    assert (await store.stats())["entries"] == 0
+    assert (await store.stats())["entries"] == 1
 
 
 async def test_failed_commit_deletes_its_body(
