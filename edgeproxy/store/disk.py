@@ -60,10 +60,18 @@ Directories from the skeleton's layout (`i:<key>` JSON lists) are not read:
 those rows are evicted by size like orphan bodies.
 
 diskcache never decides HTTP freshness: no `expire=` is set. Every diskcache
-and sqlite call runs on the store's thread pool (store/pool.py), never on
-the event loop.
+and sqlite call runs off the event loop, on one of two lanes (store/pool.py
+pools): the quick lane's one thread takes the short jobs every miss, disk
+hit and revalidation makes (lookups, body opens, inline commit batches,
+refreshes), the pool's threads the ones that can take long (copying or
+reading a body file, purges, listings), so a long job never holds up a
+lookup; a body file is copied before the write lock is taken (`_set_body`).
 This uses diskcache 5.x internals (`Cache._sql`, the thread-local connection
-`transact()` opens its transaction on); `open` checks they exist.
+`transact()` opens its transaction on); `open` checks they exist. Batches of
+inline commits (`_index_many`) and file bodies (`_set_body`) write the
+Cache table's rows themselves, as set() would for the plain Disk, in one
+executemany a batch; `_rows_writable` checks the table's columns and the
+Disk class first, and set() does it otherwise.
 """
 
 from __future__ import annotations
