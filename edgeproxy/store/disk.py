@@ -67,11 +67,12 @@ refreshes), the pool's threads the ones that can take long (copying or
 reading a body file, purges, listings), so a long job never holds up a
 lookup; a body file is copied before the write lock is taken (`_set_body`).
 This uses diskcache 5.x internals (`Cache._sql`, the thread-local connection
-`transact()` opens its transaction on); `open` checks they exist. Batches of
-inline commits (`_index_many`) and file bodies (`_set_body`) write the
-Cache table's rows themselves, as set() would for the plain Disk, in one
-executemany a batch; `_rows_writable` checks the table's columns and the
-Disk class first, and set() does it otherwise.
+`transact()` opens its transaction on); `open` checks they exist. The
+store writes some of diskcache's Cache rows itself, as set() would for the
+plain Disk: a batch of inline commits in one executemany (`_index_many`),
+and a file body's row once its file is written (`_set_body`);
+`_rows_writable` checks the table's columns and the Disk class first, and
+set() does it otherwise.
 """
 
 from __future__ import annotations
