@@ -107,6 +107,11 @@ class WireHead:
         return b"".join(out)
 
 
+# HTTPStatus(status).phrase without the enum's lookup (three interpreted
+# calls a response): the same phrases, read once.
+_PHRASES: dict[int, str] = {int(s): s.phrase for s in HTTPStatus}
+
+
 def _as_sent(
     fields: CIMultiDict[str], status: int, length: int | None
 ) -> tuple[str, CIMultiDict[str]] | None:
@@ -120,10 +125,9 @@ def _as_sent(
         headers["Content-Length"] = str(length)  # StreamResponse.content_length does this
     if "Date" not in headers:
         return None
-    try:
-        phrase = HTTPStatus(status).phrase
-    except ValueError:
-        return None
+    phrase = _PHRASES.get(status)
+    if phrase is None:
+        return None  # not a status HTTPStatus knows: aiohttp's head, not ours
     return f"HTTP/1.1 {status} {phrase}\r\n", headers
 
 

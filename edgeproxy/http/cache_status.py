@@ -68,7 +68,7 @@ class CacheStatus:
         if self.hit:
             parts.append("hit")
         if self.fwd is not None:
-            parts.append(f"fwd={self.fwd.value}")
+            parts.append(f"fwd={self.fwd._value_}")  # not .value: enum's property, interpreted
         if self.fwd_status is not None:
             parts.append(f"fwd-status={self.fwd_status}")
         if self.stored:

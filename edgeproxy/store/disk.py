@@ -89,6 +89,7 @@ import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import IO, Any, Generic, Literal, TypeVar
 
@@ -291,6 +292,11 @@ def variant_id(now_ns: int, noise: bytes) -> str:
     fewer B-tree pages. Thread CPU a commit in batches of 16 on a store of
     50k entries: 175-178 us with 16 random bytes, 98-126 us so."""
     return f"{now_ns:016x}{noise.hex()}"
+
+
+def _inline_size(cache: diskcache.Cache | None) -> int:
+    size: int = 0 if cache is None else getattr(cache.disk, "min_file_size", 0)
+    return size
 
 
 def _distinct_keys(batch: Sequence[_Inline]) -> bool:
@@ -566,6 +572,9 @@ class DiskStore:
         quick: StorePool | None = None,
     ) -> None:
         self._opened = cache  # None: not open yet (started degraded)
+        # diskcache's min_file_size, read once opened (its `disk` is a Python
+        # property, and every commit asks): bodies below it are kept inline.
+        self._inline_size = _inline_size(cache)
         self._open_args = (directory, size_limit, eviction_policy)
         self._open_lock = threading.Lock()
         self._replay_lock = threading.Lock()
@@ -589,6 +598,9 @@ class DiskStore:
         # thread, once a commit's body is in, with the primary keys of the
         # variants diskcache evicted to make room for it (see _set_body).
         self.on_evict: Callable[[list[str]], None] | None = None
+        # And a context its batches' `then`s run in (the hot tier's: one
+        # lock of the generation file for all of a batch's records).
+        self.publishing: Callable[[], AbstractContextManager[object]] | None = None
         self._local = threading.local()  # per pool thread: eviction notes (_set_body)
         # One writer at a time in this process (`_txn`, `_set_body`): the pool
         # threads queue here, where a release wakes the next at once, not in
@@ -672,7 +684,9 @@ class DiskStore:
         if self._opened is None:
             with self._open_lock:
                 if self._opened is None:
-                    self._opened = _open_cache(*self._open_args)
+                    opened = _open_cache(*self._open_args)
+                    self._inline_size = _inline_size(opened)
+                    self._opened = opened
                     log.info("cache %s opened", self._directory)
 
     def _attempt(self, fn: Callable[..., T], *args: Any) -> T:
@@ -909,9 +923,10 @@ class DiskStore:
                 bans = _Bans(sql, min(u.entry.request_time for u in batch))
                 return [self._update_row(sql, u.entry, bans) for u in batch]
         finally:
-            for u in batch:
-                if u.then is not None:
-                    u.then()
+            with self._publishing():
+                for u in batch:
+                    if u.then is not None:
+                        u.then()
 
     def _update_row(self, sql: Sql, entry: Entry, bans: _Bans) -> Entry | None:
         # The row and its tags in one statement: a refresh is two, with the UPDATE.
@@ -981,7 +996,7 @@ class DiskStore:
         the index one.
         """
         value: bytes | IO[bytes] = tmp if tmp is not None else data or b""
-        if isinstance(value, bytes) and len(value) < self._min_file_size():
+        if isinstance(value, bytes) and len(value) < self._inline_size:
             # Inline: in the index transaction itself, as a batch of one.
             (result,) = self._commit_batch([_Inline(entry, value, then)])
             if isinstance(result, Exception):
@@ -1106,14 +1121,19 @@ class DiskStore:
                     results.append(entry)
                     listings.append(listed)
             evicted = self._cull(watch)
-        if evicted:
-            self._evicted(evicted)
-        # In batch order: a later commit of the same key publishes a later
-        # record, so the hot tier keeps only the last one's listing.
-        for c, result, listed in zip(batch, results, listings, strict=True):
-            if c.then is not None and isinstance(result, Entry):
-                c.then(listed)
+        with self._publishing():
+            if evicted:
+                self._evicted(evicted)
+            # In batch order: a later commit of the same key publishes a later
+            # record, so the hot tier keeps only the last one's listing.
+            for c, result, listed in zip(batch, results, listings, strict=True):
+                if c.then is not None and isinstance(result, Entry):
+                    c.then(listed)
         return results
+
+    def _publishing(self) -> AbstractContextManager[object]:
+        held = self.publishing
+        return contextlib.nullcontext() if held is None else held()
 
     def _index_many(
         self,
@@ -1186,16 +1206,9 @@ class DiskStore:
         return known
 
     def _inline_below(self) -> int:
-        """Bodies shorter than this are kept inline (diskcache's min_file_size)."""
-        if self._opened is None:
-            return 0
-        size: int = getattr(self._opened.disk, "min_file_size", 0)
-        return size
-
-    def _min_file_size(self) -> int:
-        """Below this diskcache stores a bytes value inline in SQLite, no file."""
-        size: int = getattr(self._cache.disk, "min_file_size", 0)
-        return size
+        """Bodies shorter than this are kept inline (diskcache's min_file_size;
+        0 while the cache is not open)."""
+        return self._inline_size
 
     def _evicted(self, keys: list[str]) -> None:
         on_evict = self.on_evict
@@ -1232,7 +1245,7 @@ class DiskStore:
         set() would: the quick lane's commits wait on that lock, and its
         lookups behind them."""
         raw = isinstance(value, bytes)
-        inline = isinstance(value, bytes) and len(value) < self._min_file_size()
+        inline = isinstance(value, bytes) and len(value) < self._inline_size
         if inline or not self._rows_writable():
             with self._write_lock:
                 self._cache.set(body_key, value, read=not raw)

@@ -80,7 +80,9 @@ class Generation:
         # The file as native words; words[0] is the counter. Readers on a hot
         # path may index it directly (one load); only `publish` writes.
         self.words = self._words = self._raw.cast("Q")
-        self._lock = threading.Lock()
+        # Reentrant: `held` keeps it (and the file lock) across publishes.
+        self._lock = threading.RLock()
+        self._holding = False  # the file lock is held by `held`'s thread
 
     @classmethod
     def open(cls, path: str) -> Generation:
@@ -124,18 +126,29 @@ class Generation:
             batch = [ALL]
         if not batch:
             return self.current()
-        words = self._words
         with self._lock:
+            if self._holding:
+                return self._append(batch)
             fd = self._lock_fd()
             fcntl.flock(fd, fcntl.LOCK_EX)
             try:
-                g = int(words[0])
-                for h in batch:
-                    g += 1
-                    words[HEADER + g % RING] = (g & TAG_MASK) << HASH_BITS | (h & HASH_MASK)
-                words[0] = g  # readers look at the slots only up to here
+                return self._append(batch)
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def held(self) -> Held:
+        """A context in which this thread's publishes take the file lock once
+        for all (a store's batch of commits publishes one record each)."""
+        return Held(self)
+
+    def _append(self, batch: list[int]) -> int:
+        """Write the records; the caller holds both locks."""
+        words = self._words
+        g = int(words[0])
+        for h in batch:
+            g += 1
+            words[HEADER + g % RING] = (g & TAG_MASK) << HASH_BITS | (h & HASH_MASK)
+        words[0] = g  # readers look at the slots only up to here
         return g
 
     def _lock_fd(self) -> int:
@@ -151,6 +164,42 @@ class Generation:
         self._raw.release()
         self._mm.close()
         os.close(self._fd)
+
+
+class Held:
+    """`Generation.held`: the thread lock and the file lock, taken once. If
+    the file lock can't be taken (an OSError), each publish inside tries on
+    its own and reports it, as outside."""
+
+    __slots__ = ("_fd", "_gen")
+
+    def __init__(self, gen: Generation) -> None:
+        self._gen = gen
+        self._fd = -1
+
+    def __enter__(self) -> None:
+        gen = self._gen
+        gen._lock.acquire()
+        try:
+            fd = gen._lock_fd()
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            return
+        except BaseException:
+            gen._lock.release()
+            raise
+        self._fd = fd
+        gen._holding = True
+
+    def __exit__(self, *exc: object) -> None:
+        gen = self._gen
+        try:
+            fd, self._fd = self._fd, -1
+            if fd >= 0:
+                gen._holding = False
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            gen._lock.release()
 
 
 def _open_locked(path: str) -> int:

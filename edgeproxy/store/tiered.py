@@ -92,6 +92,7 @@ class TieredStore:
         self.hits = 0  # lookups answered from memory
         self.misses = 0
         disk.on_evict = self._evicted
+        disk.publishing = gen.held
 
     @classmethod
     async def open(
@@ -406,6 +407,7 @@ class TieredStore:
             return
         self._closed = True
         self._disk.on_evict = None
+        self._disk.publishing = None
         self._mem.clear()
         loop = asyncio.get_running_loop()
         # Not a `finally`: edgeproxy/compiled.py, no await in a finally.

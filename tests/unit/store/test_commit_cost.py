@@ -12,6 +12,7 @@ in time.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import io
 import threading
 import uuid
@@ -309,6 +310,37 @@ async def test_tiered_commit_publishes_in_the_commit_job(tmp_path: Path) -> None
         assert tier._gen.current() == before + 1  # the commit's record
         assert jobs() == queued + 1  # one hop for the commit and its publish
     finally:
+        await tier.close()
+
+
+async def test_a_batch_publishes_its_records_under_one_file_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hot tier's records for a batch of commits: one lock of the
+    generation file for all, not one each (DiskStore.publishing)."""
+    disk = await DiskStore.open(str(tmp_path / "cache"), threads=1)
+    tier = await TieredStore.open(disk)
+    try:
+        gen = tier._gen
+        ops: list[int] = []
+        real = fcntl.flock
+
+        def counting(fd: int, op: int) -> None:
+            ops.append(op)
+            real(fd, op)
+
+        monkeypatch.setattr(fcntl, "flock", counting)
+        before = gen.current()
+        batch = [_inline(disk, f"{URL}{i}", 10) for i in range(8)]
+        for i, c in enumerate(batch):
+            c.then = lambda listed, i=i: gen.publish([i + 1])
+        results = await disk._run_quick(disk._commit_batch, batch)
+        assert all(isinstance(r, Entry) for r in results)
+        assert gen.current() == before + 8
+        assert ops == [fcntl.LOCK_EX, fcntl.LOCK_UN]
+        assert gen.changes(before, before + 8) == [(before + i, i) for i in range(1, 9)]
+    finally:
+        monkeypatch.undo()
         await tier.close()
 
 

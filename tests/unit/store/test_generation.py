@@ -6,6 +6,8 @@ the store; here they are driven directly, from threads and processes.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import subprocess
 import sys
@@ -155,6 +157,58 @@ def test_threads_never_lose_a_record(gen: Generation) -> None:
     assert gen.current() == 4 * per_thread
     changes = gen.changes(gen.current() - 100, gen.current())
     assert changes is not None and {h for _, h in changes} <= {1, 2, 3, 4}
+
+
+@pytest.fixture
+def flocks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The flock operations made from now on (the calls still go through)."""
+    ops: list[int] = []
+    real = fcntl.flock
+
+    def counting(fd: int, op: int) -> None:
+        ops.append(op)
+        real(fd, op)
+
+    monkeypatch.setattr(fcntl, "flock", counting)
+    return ops
+
+
+def test_held_takes_the_file_lock_once_for_its_publishes(
+    gen: Generation, flocks: list[int]
+) -> None:
+    with gen.held():
+        assert gen.publish([5]) == 1
+        assert gen.publish([6, 7]) == 3
+    assert flocks == [fcntl.LOCK_EX, fcntl.LOCK_UN]
+    assert gen.changes(0, 3) == [(1, 5), (2, 6), (3, 7)]
+    assert gen.publish([8]) == 4  # outside: its own lock again
+    assert flocks == [fcntl.LOCK_EX, fcntl.LOCK_UN] * 2
+
+
+def test_a_hold_keeps_other_threads_publishes_until_it_ends(gen: Generation) -> None:
+    theirs: list[int] = []
+    other = threading.Thread(target=lambda: theirs.append(gen.publish([9])))
+    with gen.held():
+        other.start()
+        other.join(timeout=0.2)  # it waits for the hold, never gets in
+        assert theirs == []
+        assert gen.publish([8]) == 1
+    other.join(timeout=10)
+    assert theirs == [2]
+    assert gen.changes(0, 2) == [(1, 8), (2, 9)]
+
+
+def test_a_hold_whose_file_lock_fails_lets_each_publish_report(
+    gen: Generation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(fd: int, op: int) -> None:
+        raise OSError(errno.ENOLCK, "no locks available")
+
+    monkeypatch.setattr(fcntl, "flock", refuse)
+    with gen.held(), pytest.raises(OSError):
+        gen.publish([5])
+    monkeypatch.undo()
+    assert gen.publish([6]) == 1  # nothing left held
 
 
 CHILD = """
