@@ -314,7 +314,7 @@ async def test_tiered_commit_publishes_in_the_commit_job(tmp_path: Path) -> None
 
 
 async def test_a_batch_publishes_its_records_under_one_file_lock(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, flocks: list[int]
 ) -> None:
     """The hot tier's records for a batch of commits: one lock of the
     generation file for all, not one each (DiskStore.publishing)."""
@@ -322,14 +322,7 @@ async def test_a_batch_publishes_its_records_under_one_file_lock(
     tier = await TieredStore.open(disk)
     try:
         gen = tier._gen
-        ops: list[int] = []
-        real = fcntl.flock
-
-        def counting(fd: int, op: int) -> None:
-            ops.append(op)
-            real(fd, op)
-
-        monkeypatch.setattr(fcntl, "flock", counting)
+        flocks.clear()  # opening took some
         before = gen.current()
         batch = [_inline(disk, f"{URL}{i}", 10) for i in range(8)]
         for i, c in enumerate(batch):
@@ -337,10 +330,9 @@ async def test_a_batch_publishes_its_records_under_one_file_lock(
         results = await disk._run_quick(disk._commit_batch, batch)
         assert all(isinstance(r, Entry) for r in results)
         assert gen.current() == before + 8
-        assert ops == [fcntl.LOCK_EX, fcntl.LOCK_UN]
+        assert flocks == [fcntl.LOCK_EX, fcntl.LOCK_UN]
         assert gen.changes(before, before + 8) == [(before + i, i) for i in range(1, 9)]
     finally:
-        monkeypatch.undo()
         await tier.close()
 
 

@@ -159,20 +159,6 @@ def test_threads_never_lose_a_record(gen: Generation) -> None:
     assert changes is not None and {h for _, h in changes} <= {1, 2, 3, 4}
 
 
-@pytest.fixture
-def flocks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The flock operations made from now on (the calls still go through)."""
-    ops: list[int] = []
-    real = fcntl.flock
-
-    def counting(fd: int, op: int) -> None:
-        ops.append(op)
-        real(fd, op)
-
-    monkeypatch.setattr(fcntl, "flock", counting)
-    return ops
-
-
 def test_held_takes_the_file_lock_once_for_its_publishes(
     gen: Generation, flocks: list[int]
 ) -> None:
