@@ -198,6 +198,7 @@ INSERT_TAG_SQL = (
     " SELECT ?, ?, id FROM edge_variants WHERE variant = ?"
 )
 KEYS_PER_SELECT = 200  # well under SQLite's bound on a statement's parameters
+_LOOKUP_SQL: dict[int, str] = {}  # DiskStore._lookup_many's, by number of placeholders
 
 # Per connection (DiskStore._watch_evictions): reports each deleted variant
 # row to a Python function of that connection, which keeps the keys only
@@ -808,10 +809,39 @@ class DiskStore:
         if self._opened is None or self._faults.pending:
             return []  # see _Faults: a purge we could not apply yet, or no cache
         try:
-            return await self._run_quick(self._lookup, key)
+            return await self._quick.gathered(self._lookup_many, key)
         except LOW_ERRORS as e:
             log.warning("lookup failed for %s: %s", key, e)
             return []
+
+    def _lookup_many(self, keys: list[str]) -> list[list[Entry]]:
+        """On the quick lane: each key's variants, oldest first, for the
+        lookups queued one after another (StorePool.gathered).
+        One statement for them all, its placeholders rounded up to a power
+        of two (the last key repeated) so a few statements stay prepared."""
+        if len(keys) == 1:
+            return [self._lookup(keys[0])]
+        found: dict[str, list[Entry]] = {}
+        distinct = list(dict.fromkeys(keys))
+        rows: dict[str, list[tuple[int, str, int, Any]]] = {}
+        sql = self._sql  # a local: see _sql
+        for start in range(0, len(distinct), KEYS_PER_SELECT):
+            part = distinct[start : start + KEYS_PER_SELECT]
+            width = min(KEYS_PER_SELECT, 1 << (len(part) - 1).bit_length())
+            part += part[-1:] * (width - len(part))
+            query = _LOOKUP_SQL.get(width)
+            if query is None:
+                marks = ", ".join("?" * width)
+                query = _LOOKUP_SQL[width] = (
+                    "SELECT key, id, variant, soft, meta FROM edge_variants"
+                    f" WHERE key IN ({marks}) ORDER BY id"
+                )
+            for key, vid, variant, soft, meta in sql(query, part).fetchall():
+                rows.setdefault(key, []).append((vid, variant, soft, meta))
+        for key in distinct:
+            found[key] = self._entries(rows.get(key) or [])
+        # A key asked twice gets a list of its own each time.
+        return [list(found[key]) for key in keys]
 
     def _lookup(self, key: str) -> list[Entry]:
         sql = self._sql  # a local: see _sql

@@ -14,11 +14,12 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import io
+import sqlite3
 import threading
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -31,8 +32,10 @@ from edgeproxy.store.pool import StorePool
 from edgeproxy.store.tiered import TieredStore
 from tests.conftest import FakeClock
 from tests.contract.helpers import T0, make_entry, put, read
+from tests.spying import SpiedDiskStore
 
 URL = "http://a.example/"
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -377,6 +380,113 @@ async def test_a_long_job_on_the_pool_never_holds_up_a_lookup(store: DiskStore) 
         assert await blocker is True
 
 
+async def _lane_held(store: DiskStore) -> tuple[threading.Event, asyncio.Future[bool]]:
+    """The quick lane's one thread kept busy until the event is set."""
+    await store.lookup(URL)  # opened, the lane's thread started
+    gate = threading.Event()
+    return gate, store._quick.run(gate.wait, 10)  # queued now, not on a task's first step
+
+
+async def test_lookups_queued_together_run_as_one_select(tmp_path: Path) -> None:
+    """Lookups waiting together on the quick lane run as one call, one
+    SELECT, each its own answer (a key of two variants, a missing key, a
+    key asked twice); a lookup alone keeps its own statement."""
+    store = await SpiedDiskStore.open(str(tmp_path / "cache"), threads=1)
+    try:
+        two = [
+            await put(store, make_entry(URL + "v", vary=("accept",), secondary=(a,)))
+            for a in ("text/html", "image/png")
+        ]
+        one = await put(store, make_entry(URL + "one"))
+        calls: list[list[str]] = []
+        real = store._lookup_many
+
+        def counted(keys: list[str]) -> list[list[Entry]]:
+            calls.append(list(keys))
+            return real(keys)
+
+        store._lookup_many = counted  # type: ignore[method-assign]
+        sql = await statements(store)
+        gate, held = await _lane_held(store)
+        calls.clear()
+        keys = [URL + "v", URL + "none", URL + "one", URL + "v"]
+        found = await _released(gate, [store.lookup(k) for k in keys])
+        assert await held is True
+        assert calls == [keys]
+        assert [[e.variant for e in f] for f in found] == [
+            [e.variant for e in two],
+            [],
+            [one.variant],
+            [e.variant for e in two],
+        ]
+        assert found[0] is not found[3]  # a list each: one caller's change is not the other's
+        selects = [s for s in sql() if s.startswith("SELECT key, id, variant, soft, meta")]
+        assert len(selects) == 1
+        assert selects[0].count("'" + URL + "v'") == 1  # asked twice, read once
+        assert [e.variant for e in await store.lookup(URL + "one")] == [one.variant]
+        assert calls[-1] == [URL + "one"]
+        assert sum("IN (" in s for s in sql()) == 1  # alone: its own query, no IN
+    finally:
+        await store.close()
+
+
+async def _released(gate: threading.Event, asked: list[Awaitable[T]]) -> list[T]:
+    """Queue `asked` behind the held lane, then let it go."""
+    tasks = [asyncio.ensure_future(a) for a in asked]
+    await asyncio.sleep(0)  # each task's first step: its job queued
+    gate.set()
+    return await asyncio.gather(*tasks)
+
+
+async def test_a_failed_lookup_call_is_a_miss_for_each_in_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = await SpiedDiskStore.open(str(tmp_path / "cache"), threads=1)
+    try:
+        stored = await put(store, make_entry(URL))
+        gate, held = await _lane_held(store)
+
+        def broken(keys: list[str]) -> Any:
+            raise sqlite3.OperationalError("database disk image is malformed")
+
+        store._lookup_many = broken  # type: ignore[method-assign]
+        found = await _released(gate, [store.lookup(URL + str(i)) for i in range(3)])
+        assert found == [[], [], []]
+        assert sum("lookup failed" in r.message for r in caplog.records) == 3
+        del store._lookup_many  # the class's again: the store still answers
+        assert [e.variant for e in await store.lookup(URL)] == [stored.variant]
+        assert await held is True
+    finally:
+        await store.close()
+
+
+async def test_a_lookup_given_up_leaves_the_others_in_its_call(store: DiskStore) -> None:
+    stored = await put(store, make_entry(URL))
+    gate, held = await _lane_held(store)
+    asked = [asyncio.ensure_future(store.lookup(URL)) for _ in range(3)]
+    await asyncio.sleep(0)
+    asked[1].cancel()
+    gate.set()
+    assert [[e.variant for e in f] for f in await asyncio.gather(asked[0], asked[2])] == [
+        [stored.variant],
+        [stored.variant],
+    ]
+    assert asked[1].cancelled()
+    assert await held is True
+    assert [e.variant for e in await store.lookup(URL)] == [stored.variant]
+
+
+async def test_a_lookup_batch_wider_than_one_select(store: DiskStore) -> None:
+    """More keys than one statement takes (KEYS_PER_SELECT): still each its own."""
+    count = disk_module.KEYS_PER_SELECT + 7
+    stored = {i: await put(store, make_entry(f"{URL}{i}")) for i in range(0, count, 50)}
+    keys = [f"{URL}{i}" for i in range(count)]
+    found = await store._run_quick(store._lookup_many, keys)
+    assert [[e.variant for e in f] for f in found] == [
+        [stored[i].variant] if i in stored else [] for i in range(count)
+    ]
+
+
 class _SlowFile(io.BytesIO):
     """A temp body whose reads wait for `gate`: a copy that takes long."""
 
@@ -471,6 +581,77 @@ async def test_pool_job_runs_even_if_its_awaiter_is_cancelled() -> None:
     finally:
         gate.set()
         await asyncio.get_running_loop().run_in_executor(None, pool.shutdown)
+
+
+async def test_pool_gathers_the_jobs_queued_together_in_order() -> None:
+    """gathered jobs for one function, queued one after another, run as one
+    call; any other job between them splits the group and keeps its place."""
+    pool = StorePool(1, "test-pool")
+    calls: list[object] = []
+
+    def double(items: list[int]) -> list[int]:
+        calls.append(list(items))
+        return [i * 2 for i in items]
+
+    def triple(items: list[int]) -> list[int]:
+        calls.append(("triple", list(items)))
+        return [i * 3 for i in items]
+
+    gate = threading.Event()
+    try:
+        blocker = pool.run(gate.wait, 10)
+        jobs = [
+            pool.gathered(double, 1),
+            pool.gathered(double, 2),
+            pool.run(calls.append, "plain"),
+            pool.gathered(double, 3),
+            pool.gathered(triple, 4),
+            pool.gathered(triple, 5),
+        ]
+        gate.set()
+        assert await blocker is True
+        assert await asyncio.gather(*jobs) == [2, 4, None, 6, 12, 15]
+        assert calls == [[1, 2], "plain", [3], ("triple", [4, 5])]
+    finally:
+        gate.set()
+        await asyncio.get_running_loop().run_in_executor(None, pool.shutdown)
+
+
+@pytest.mark.parametrize(
+    ("fn", "error"),
+    [
+        pytest.param(lambda items: 1 // 0, ZeroDivisionError, id="raises"),
+        pytest.param(lambda items: items[:1], RuntimeError, id="a result short"),
+    ],
+)
+async def test_a_gathered_call_that_fails_fails_each_in_it(
+    fn: Callable[[list[int]], list[int]], error: type[BaseException]
+) -> None:
+    pool = StorePool(1, "test-pool")
+    gate = threading.Event()
+    try:
+        blocker = pool.run(gate.wait, 10)
+        jobs = [pool.gathered(fn, i) for i in range(3)]
+        gate.set()
+        for outcome in await asyncio.gather(*jobs, return_exceptions=True):
+            assert isinstance(outcome, error)
+        assert await blocker is True
+        assert await pool.gathered(lambda items: items, 7) == 7  # the thread goes on
+    finally:
+        gate.set()
+        await asyncio.get_running_loop().run_in_executor(None, pool.shutdown)
+
+
+async def test_shutdown_behind_gathered_jobs_runs_them_first() -> None:
+    pool = StorePool(1, "test-pool")
+    gate = threading.Event()
+    blocker = pool.run(gate.wait, 10)
+    jobs = [pool.gathered(lambda items: items, i) for i in range(3)]
+    stopping = asyncio.get_running_loop().run_in_executor(None, pool.shutdown)
+    gate.set()
+    await stopping  # the thread ended at the None the gathering met
+    assert await blocker is True
+    assert await asyncio.gather(*jobs) == [0, 1, 2]
 
 
 # -- health_of ------------------------------------------------------------------------
