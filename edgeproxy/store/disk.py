@@ -496,6 +496,10 @@ class _Batches(Generic[Item, R]):
         self.task: asyncio.Task[None] | None = None
 
     async def submit(self, item: Item, what: str) -> R:
+        return await self.queue(item, what)
+
+    def queue(self, item: Item, what: str) -> asyncio.Future[R]:
+        """`submit` without the coroutine: the future of the item's result."""
         faults = self._store._faults
         if not faults.writable():
             raise Degraded(f"{what}: {faults.reason}")
@@ -504,7 +508,7 @@ class _Batches(Generic[Item, R]):
         self._queue.append((item, done))
         if self.task is None:
             self.task = loop.create_task(self._flush(), name=f"store {self._kind}")
-        return await done
+        return done
 
     async def _flush(self) -> None:
         batch: list[tuple[Item, asyncio.Future[R]]] = []
@@ -1694,20 +1698,39 @@ class DiskWriter:
             raise Degraded(f"committing {self._key}: {self._store.health().reason}")
         # The pool job owns the temp file from here (and closes it), so a
         # cancelled commit can't race an abort closing it mid-copy.
+        inline = self.commit_inline(entry, then)
+        if inline is not None:
+            return await inline
         self._done = True
         tmp, self._tmp = self._tmp, None
         data = None if tmp is not None else bytes(self._buf)
         self._buf = bytearray()
-        stored = entry.with_changes(
-            key=self._key, variant=variant_id(time.time_ns(), os.urandom(8)), body_size=self._size
-        )
-        if data is not None and len(data) < self._store._inline_below():
-            # Batched with others arriving together: one transaction for all.
-            return await self._store._inlines.submit(
-                _Inline(stored, data, then), f"committing {self._key}"
-            )
         return await self._store._change(
-            f"committing {self._key}", self._store._commit, stored, data, tmp, then
+            f"committing {self._key}", self._store._commit, self._stored(entry), data, tmp, then
+        )
+
+    def commit_inline(
+        self, entry: Entry, then: Callable[[list[Entry]], object] | None = None
+    ) -> asyncio.Future[Entry] | None:
+        """`commit` of a body kept inline, as the future of its batch (no
+        coroutine: the hot tier's commit awaits it on every miss); None for
+        anything else, which `commit` does. Batched with the commits arriving
+        together: one transaction for all."""
+        if self._done or self._tmp is not None or self._size >= self._store._inline_below():
+            return None
+        if not self._store.writable():
+            return None  # `commit` refuses it (Degraded)
+        done = self._store._inlines.queue(
+            _Inline(self._stored(entry), bytes(self._buf), then), f"committing {self._key}"
+        )
+        self._done = True
+        self._buf = bytearray()
+        return done
+
+    def _stored(self, entry: Entry) -> Entry:
+        """The entry as committed: this writer's key, a new variant id, the body's size."""
+        return entry.with_changes(
+            key=self._key, variant=variant_id(time.time_ns(), os.urandom(8)), body_size=self._size
         )
 
     async def abort(self) -> None:
