@@ -198,6 +198,15 @@ INSERT_TAG_SQL = (
     " SELECT ?, ?, id FROM edge_variants WHERE variant = ?"
 )
 KEYS_PER_SELECT = 200  # well under SQLite's bound on a statement's parameters
+# The quick lane never checkpoints the WAL in passing (its connection's
+# wal_autocheckpoint is 0): a checkpoint fsyncs the log and the database,
+# and while the lane waited on the disk, every lookup and commit queued
+# behind it waited too, and the event loop ran dry. The pool checkpoints
+# instead, after every CHECKPOINT_EVERY lane transactions (about SQLite's
+# 1,000 pages at ~30 pages a batch); should the pool not get to it by
+# CHECKPOINT_OVERDUE, the lane does it itself, as SQLite would have.
+CHECKPOINT_EVERY = 32
+CHECKPOINT_OVERDUE = 256
 _LOOKUP_SQL: dict[int, str] = {}  # DiskStore._lookup_many's, by number of placeholders
 
 # Per connection (DiskStore._watch_evictions): reports each deleted variant
@@ -528,6 +537,7 @@ class _Batches(Generic[Item, R]):
                 for (_, done), result in zip(batch, results, strict=True):
                     _settle(done, result)
                 batch = []
+                self._store._checkpoint_soon()
         except BaseException as e:
             # A bug below or the loop shutting down: nobody is left waiting.
             for _, done in [*batch, *self._queue]:
@@ -618,6 +628,12 @@ class DiskStore:
         )
         self._inlines: _Batches[_Inline, Entry] = _Batches(self, "commits", "_commit_batch")
         self._bulk: bool | None = None  # _rows_writable, once known
+        # Lane transactions since the last checkpoint began (_lane_wrote; a
+        # lost count between threads only moves a checkpoint a little).
+        self.lane_writes = 0
+        self.checkpoint_every = CHECKPOINT_EVERY
+        self.checkpoint_overdue = CHECKPOINT_OVERDUE
+        self._checkpointing: asyncio.Task[None] | None = None
 
     @property
     def directory(self) -> str:
@@ -952,6 +968,7 @@ class DiskStore:
     def _update_batch(self, batch: list[_Update]) -> list[Entry | Exception | None]:
         """On a pool thread: every refresh in one transaction; then each
         `then()` (the hot tier's publish), even if it failed."""
+        self._lane_wrote()
         try:
             with self._txn() as sql:
                 bans = _Bans(sql, min(u.entry.request_time for u in batch))
@@ -1138,6 +1155,7 @@ class DiskStore:
         watch = self._watch_evictions()
         results: list[Entry | Exception] = []
         listings: list[list[Entry]] = []
+        self._lane_wrote()
         with self._txn() as sql:
             bans = _Bans(sql, min(c.entry.request_time for c in batch))
             if len(batch) > 1 and self._rows_writable() and _distinct_keys(batch):
@@ -1164,6 +1182,45 @@ class DiskStore:
                 if c.then is not None and isinstance(result, Entry):
                     c.then(listed)
         return results
+
+    def _lane_wrote(self) -> None:
+        """On the quick lane, before a batch's transaction: this thread's
+        connection leaves checkpoints to the pool (CHECKPOINT_EVERY), unless
+        one is overdue, which it then runs itself."""
+        con = self._cache._con
+        local = self._local
+        if getattr(local, "manual_checkpoints", None) is not con:
+            con.execute("PRAGMA wal_autocheckpoint = 0")
+            local.manual_checkpoints = con
+        self.lane_writes += 1
+        if self.lane_writes > self.checkpoint_overdue and not con.in_transaction:
+            self._wal_checkpoint()
+
+    def _checkpoint_soon(self) -> None:
+        """On the loop, after a lane batch: a checkpoint on the pool, when
+        CHECKPOINT_EVERY lane transactions went by and none is running."""
+        if self.lane_writes < self.checkpoint_every or self._checkpointing is not None:
+            return
+        if self._closed:
+            return
+        self._checkpointing = asyncio.get_running_loop().create_task(
+            self._checkpoint(), name="store checkpoint"
+        )
+
+    async def _checkpoint(self) -> None:
+        try:
+            await self._run(self._wal_checkpoint)
+        except LOW_ERRORS as e:  # the next lane batches ask again
+            log.warning("checkpointing the cache's WAL: %s", e)
+        finally:
+            self._checkpointing = None
+
+    def _wal_checkpoint(self) -> None:
+        """PASSIVE: copies what no reader still needs, blocking no writer
+        (the lane goes on committing meanwhile)."""
+        self.lane_writes = 0  # the lane's writes from here count toward the next
+        sql = self._sql  # a local: see _sql
+        sql("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     def _publishing(self) -> AbstractContextManager[object]:
         held = self.publishing
@@ -1451,6 +1508,8 @@ class DiskStore:
             if batches.task is not None:
                 await batches.task  # writes already accepted are written
         self._closed = True
+        if self._checkpointing is not None:
+            await self._checkpointing  # its job is on the pool: let it end first
         if self._opened is not None:
             await self._run(self._opened.close)
         # Joining the pool's threads blocks: do it off the loop too.

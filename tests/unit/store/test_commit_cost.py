@@ -285,6 +285,86 @@ async def test_a_batch_past_the_size_limit_ends_under_it(tmp_path: Path, batch: 
         await store.close()
 
 
+async def _traced(store: DiskStore) -> tuple[list[str], list[str]]:
+    """The SQL each lane runs from now on: (the quick lane's, the pool's)."""
+    lane: list[str] = []
+    pool: list[str] = []
+
+    def install(seen: list[str]) -> None:
+        store._ensure_open()
+        store._cache._con.set_trace_callback(seen.append)
+
+    await store._run_quick(install, lane)
+    await store._run(install, pool)
+    return lane, pool
+
+
+def _autocheckpoint(store: DiskStore) -> int:
+    sql = store._sql
+    (pages,) = sql("PRAGMA wal_autocheckpoint").fetchone()
+    return int(pages)
+
+
+async def test_the_quick_lane_leaves_checkpoints_to_the_pool(store: DiskStore) -> None:
+    """The lane's connection never checkpoints in passing (a checkpoint
+    fsyncs, and every lookup behind it would wait): the pool checkpoints
+    after every `checkpoint_every` lane transactions, commits and refreshes."""
+    store.checkpoint_every = 5
+    stored = await put(store, make_entry(URL), b"x")
+    assert await store._run_quick(_autocheckpoint, store) == 0
+    assert await store._run(_autocheckpoint, store) == 1000  # SQLite's default, elsewhere
+    lane, pool = await _traced(store)
+    for i in range(2):
+        await put(store, make_entry(f"{URL}{i}"), b"x")
+    assert await store.update(stored.with_changes(status=203))
+    assert store._checkpointing is None  # 4 lane transactions so far
+    await put(store, make_entry(URL + "4"), b"x")
+    assert store._checkpointing is not None
+    await store._checkpointing
+    assert [q for q in pool if "wal_checkpoint" in q] == ["PRAGMA wal_checkpoint(PASSIVE)"]
+    assert not [q for q in lane if "wal_checkpoint" in q]
+    assert store.lane_writes == 0
+
+
+async def test_an_overdue_checkpoint_runs_on_the_lane(store: DiskStore) -> None:
+    """The pool busy (a long copy, say) past `checkpoint_overdue` lane
+    transactions: the lane checkpoints itself rather than let the WAL grow."""
+    store.checkpoint_every = 2
+    store.checkpoint_overdue = 5
+    await put(store, make_entry(URL), b"x")
+    lane, _ = await _traced(store)
+    gate = threading.Event()
+    blocker = store._executor.run(gate.wait, 10)
+    try:
+        for i in range(6):
+            await put(store, make_entry(f"{URL}{i}"), b"x")
+        # The 6th transaction since the pool's last (5 here, and the first
+        # put's) found it overdue; the 7th counts toward the next.
+        assert [q for q in lane if "wal_checkpoint" in q] == ["PRAGMA wal_checkpoint(PASSIVE)"]
+        assert store.lane_writes == 1
+    finally:
+        gate.set()
+        assert await blocker is True
+    if store._checkpointing is not None:
+        await store._checkpointing  # the one asked while the pool was busy
+    assert await store.lookup(URL + "5")
+
+
+async def test_many_lane_commits_keep_the_wal_small(tmp_path: Path) -> None:
+    store = await DiskStore.open(str(tmp_path / "cache"), threads=1)
+    try:
+        for start in range(0, 2000, 20):
+            batch = [_inline(store, f"{URL}{i}", 1024) for i in range(start, start + 20)]
+            await store._run_quick(store._commit_batch, batch)
+            store._checkpoint_soon()
+            if store._checkpointing is not None:
+                await store._checkpointing
+        wal = tmp_path / "cache" / "cache.db-wal"
+        assert wal.stat().st_size < 8 << 20  # SQLite's own: ~4 MiB (1,000 pages)
+    finally:
+        await store.close()
+
+
 async def test_update_runs_then_in_its_pool_job_even_when_it_finds_nothing(
     store: DiskStore,
 ) -> None:
