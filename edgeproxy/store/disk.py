@@ -66,8 +66,11 @@ hit and revalidation makes (lookups, body opens, inline commit batches,
 refreshes), the pool's threads the ones that can take long (copying or
 reading a body file, purges, listings), so a long job never holds up a
 lookup; a body file is copied before the write lock is taken (`_set_body`).
-This uses diskcache 5.x internals (`Cache._sql`, the thread-local connection
-`transact()` opens its transaction on); `open` checks they exist. The
+Lookups queued together on the quick lane run as one SELECT
+(`_lookup_many`), and the quick lane never checkpoints the WAL in passing
+(CHECKPOINT_EVERY: the pool does). This uses diskcache 5.x internals
+(`Cache._sql`, the thread-local connection `transact()` opens its
+transaction on); `open` checks they exist. The
 store writes some of diskcache's Cache rows itself, as set() would for the
 plain Disk: a batch of inline commits in one executemany (`_index_many`),
 and a file body's row once its file is written (`_set_body`);
